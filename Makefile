@@ -1,0 +1,32 @@
+# `make demo` and `make test` install into a local venv on first use (torch pinned in pyproject.toml).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+DEMO_DIR ?= runs/demo
+
+.PHONY: install test demo lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+demo: $(STAMP)
+	rm -rf $(DEMO_DIR)
+	$(VENV)/bin/dnc train hydra.run.dir=$(DEMO_DIR)
+	@echo "demo run: $(DEMO_DIR)"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	$(PY) bench/bench_analyze.py
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

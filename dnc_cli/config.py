@@ -1,0 +1,253 @@
+"""Config schemas of every command, registered in Hydra's ConfigStore.
+
+Each YAML file in `conf/` is merged on top of these dataclasses, so a typo in a key or a bad enum value is
+caught when Hydra composes the config; `validate_*` adds the range checks that types cannot express. The
+dataclasses are the single place that lists every option with its default.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from dnc_cli.errors import UsageError
+
+
+class DatasetName(Enum):
+    digits = "digits"  # scikit-learn's bundled 8x8 digits: real, offline, the default
+    synthetic = "synthetic"  # Gaussian mixture
+    mnist = "mnist"
+    fashion_mnist = "fashion_mnist"
+    cifar10 = "cifar10"
+    svhn = "svhn"
+
+
+class RandomLabelMode(Enum):
+    balanced = "balanced"  # a permutation of the chosen samples' labels: class sizes unchanged
+    iid = "iid"  # uniform labels drawn i.i.d.: classes become imbalanced
+
+
+class ModelName(Enum):
+    mlp = "mlp"
+    resnet18_mlp = "resnet18_mlp"
+    vgg11_mlp = "vgg11_mlp"
+    deep_rfm = "deep_rfm"
+
+
+class OptimizerName(Enum):
+    sgd = "sgd"
+    adam = "adam"
+
+
+class LossName(Enum):
+    mse = "mse"  # mean over N x K of (output - (2*onehot - 1))^2, as the official code
+    ce = "ce"
+
+
+class Schedule(Enum):
+    log = "log"  # ~count log-spaced epochs + 0 + TPT + last
+    every = "every"  # every `every` epochs (official: 10)
+    list = "list"  # exactly `epochs`
+
+
+class GlobalMean(Enum):
+    unweighted = "unweighted"  # mean of class means (official code, Papyan)
+    weighted = "weighted"  # sample-weighted mean (Rangamani, Zhu)
+
+
+@dataclass
+class LabelsConfig:
+    random_fraction: float = 0.0
+    random_mode: RandomLabelMode = RandomLabelMode.balanced
+
+
+@dataclass
+class DatasetConfig:
+    name: DatasetName = DatasetName.digits
+    root: str = "data"  # torchvision root (ignored by digits/synthetic)
+    download: bool = False
+    n_train: int | None = None  # None = all available
+    n_test: int | None = None
+    balanced: bool = True  # class-balanced subset; false = the first n (official)
+    standardize: bool = True  # per coordinate, training statistics, nan -> 0
+    # synthetic only
+    num_classes: int = 10
+    dim: int = 32
+    separation: float = 4.0
+    n_available: int = 1000  # samples generated per split (train) / 4 (test)
+    labels: LabelsConfig = field(default_factory=LabelsConfig)
+
+
+@dataclass
+class ModelConfig:
+    name: ModelName = ModelName.mlp
+    depth: int = 5  # analysed hidden Linear+ReLU layers
+    width: int = 512
+    bias: bool = False
+    init_gain: float = 0.1  # xavier_uniform gain of hidden layers; 0.1 = the paper's "small initialisation"
+    first_layer_default_init: bool = False  # the official ResNet head keeps nn.Linear's init in layer 1
+    # conv backbones: 3x3 stride-1 first conv and no max-pool (the usual small-image stem)
+    small_input_stem: bool = True
+    # deep_rfm only (see dnc_cli/rfm.py)
+    kernel: str = "laplace"
+    bandwidth: float = 2.0
+    ridge: float = 1e-3
+    features: str = "relu"
+    rff_gamma: float = 0.05
+    agop_power: float = 0.5
+    normalize_inputs: bool = True
+
+
+@dataclass
+class OptimizerConfig:
+    name: OptimizerName = OptimizerName.adam
+    lr: float = 1e-3
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    # the official code builds a new optimizer every epoch (Adam's moments restart): true reproduces it
+    reset_each_epoch: bool = False
+
+
+@dataclass
+class CheckpointConfig:
+    schedule: Schedule = Schedule.log
+    count: int = 20
+    every: int = 10
+    epochs: list[int] = field(default_factory=list)
+
+
+@dataclass
+class TrainConfig:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    checkpoints: CheckpointConfig = field(default_factory=CheckpointConfig)
+    loss: LossName = LossName.mse
+    batch_size: int = 128
+    epochs: int = 100  # upper bound on training epochs
+    epochs_after_tpt: int | None = None  # stop this many epochs after the TPT (None: run `epochs`)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0
+    deterministic: bool = True
+    resume: str | None = None  # a run dir to continue
+    progress: bool = True  # tqdm bar (only shown on a TTY)
+
+
+@dataclass
+class NC1Options:
+    global_mean: GlobalMean = GlobalMean.unweighted
+    official_scaling: bool = False  # divide Sigma_W by K*N as the official code does
+
+
+@dataclass
+class NFAOptions:
+    powers: list[float] = field(default_factory=lambda: [0.5, 1.0])
+
+
+@dataclass
+class AnalyzeConfig:
+    run_dir: str = "outputs"
+    splits: list[str] = field(default_factory=lambda: ["train", "test"])
+    families: list[str] = field(default_factory=lambda: ["nc", "svd", "nfa"])
+    nc1: NC1Options = field(default_factory=NC1Options)
+    nfa: NFAOptions = field(default_factory=NFAOptions)
+    gram_samples_per_class: int = 30
+    batch_size: int = 1000
+    device: str = "auto"
+    force: bool = False
+    progress: bool = True
+
+
+@dataclass
+class PlotConfig:
+    run_dir: str = "outputs"
+    figures: list[str] | None = None  # None = all figures for the run's kind
+    nc1_form: str = "nc1_trace"
+    split: str = "train"
+    formats: list[str] = field(default_factory=lambda: ["png", "pdf"])
+    dpi: int = 150
+
+
+SPLITS = ("train", "test")
+FAMILIES = ("nc", "svd", "nfa")
+
+cs = ConfigStore.instance()
+cs.store(name="train_schema", node=TrainConfig)
+cs.store(name="analyze_schema", node=AnalyzeConfig)
+cs.store(name="plot_schema", node=PlotConfig)
+
+
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise UsageError(message)
+
+
+def validate_train(cfg: TrainConfig) -> TrainConfig:
+    d, m, o = cfg.dataset, cfg.model, cfg.optimizer
+    _need(0.0 <= d.labels.random_fraction <= 1.0,
+          f"dataset.labels.random_fraction={d.labels.random_fraction} is outside [0, 1]")
+    for key, value in (("dataset.n_train", d.n_train), ("dataset.n_test", d.n_test)):
+        _need(value is None or value > 0, f"{key}={value} must be a positive integer or null")
+    _need(d.num_classes >= 2, f"dataset.num_classes={d.num_classes} must be >= 2")
+    _need(d.dim >= 1, f"dataset.dim={d.dim} must be >= 1")
+    _need(d.n_available >= d.num_classes, f"dataset.n_available={d.n_available} must be >= num_classes")
+    _need(m.depth >= 1, f"model.depth={m.depth} must be >= 1")
+    _need(m.width >= 1, f"model.width={m.width} must be >= 1")
+    _need(m.init_gain > 0 and math.isfinite(m.init_gain), f"model.init_gain={m.init_gain} must be > 0")
+    _need(o.lr > 0 and math.isfinite(o.lr), f"optimizer.lr={o.lr} must be > 0")
+    _need(o.momentum >= 0, f"optimizer.momentum={o.momentum} must be >= 0")
+    _need(o.weight_decay >= 0, f"optimizer.weight_decay={o.weight_decay} must be >= 0")
+    _need(cfg.batch_size >= 1, f"batch_size={cfg.batch_size} must be >= 1")
+    _need(cfg.epochs >= 1, f"epochs={cfg.epochs} must be >= 1")
+    _need(cfg.epochs_after_tpt is None or cfg.epochs_after_tpt >= 0,
+          f"epochs_after_tpt={cfg.epochs_after_tpt} must be >= 0 or null")
+    c = cfg.checkpoints
+    _need(c.count >= 2, f"checkpoints.count={c.count} must be >= 2")
+    _need(c.every >= 1, f"checkpoints.every={c.every} must be >= 1")
+    _need(all(e >= 0 for e in c.epochs), f"checkpoints.epochs={c.epochs} must be non-negative epochs")
+    _need(c.schedule != Schedule.list or len(c.epochs) > 0,
+          "checkpoints.schedule=list needs checkpoints.epochs=[...]")
+    validate_device(cfg.device)
+    return cfg
+
+
+def validate_device(device: str) -> None:
+    import torch
+
+    valid = "valid: auto, cpu, cuda, cuda:N"
+    if device in ("auto", "cpu"):
+        return
+    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise UsageError(f"device={device} but no CUDA device is available; {valid}")
+        return
+    raise UsageError(f"device={device} is not a device; {valid}")
+
+
+def validate_analyze(cfg: AnalyzeConfig) -> AnalyzeConfig:
+    for split in cfg.splits:
+        _need(split in SPLITS, f"splits contains '{split}'; valid: {', '.join(SPLITS)}")
+    for family in cfg.families:
+        _need(family in FAMILIES, f"families contains '{family}'; valid: {', '.join(FAMILIES)}")
+    _need(len(cfg.splits) > 0, "splits=[] is empty; valid: train, test")
+    _need(all(p > 0 for p in cfg.nfa.powers), f"nfa.powers={cfg.nfa.powers} must be positive")
+    _need(cfg.batch_size >= 1, f"batch_size={cfg.batch_size} must be >= 1")
+    _need(cfg.gram_samples_per_class >= 0, f"gram_samples_per_class={cfg.gram_samples_per_class} must be >= 0")
+    validate_device(cfg.device)
+    return cfg
+
+
+def to_object(cfg: DictConfig, schema: type) -> Any:
+    """Hydra's composed config (without the `hydra` node) as the schema's dataclass instance."""
+    cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"]) if "hydra" in cfg else cfg
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), cfg))
+
+
+def to_plain(cfg: Any) -> dict:
+    """A dataclass config as plain YAML-able data (enums as strings)."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)

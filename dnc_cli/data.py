@@ -1,0 +1,165 @@
+"""Datasets as whole tensors: load, take a (class-balanced) subset, standardise, optionally randomise labels.
+
+Every dataset ends up as float32 images (N, C, H, W) and int64 labels, held on the device; training batches
+are slices of a seeded permutation, so there is no per-sample `__getitem__` anywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dnc_cli.config import DatasetConfig, DatasetName, RandomLabelMode
+from dnc_cli.errors import UsageError
+
+# The subset of a dataset must not change with the training seed: seeds then differ in initialisation,
+# batch order and random labels only, as in the paper's 3-seed plots.
+SUBSET_SEED = 0
+
+
+@dataclass
+class Split:
+    x: torch.Tensor  # (N, C, H, W) float32, standardised
+    labels: torch.Tensor  # (N,) int64: the labels the network is trained on / evaluated against
+
+
+@dataclass
+class Data:
+    train: Split
+    test: Split
+    num_classes: int
+    relabelled: torch.Tensor  # (N_train,) bool: samples whose label was re-drawn (random labels)
+    true_train_labels: torch.Tensor  # (N_train,) int64: labels before randomisation
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+    def to(self, device) -> Data:
+        return Data(Split(self.train.x.to(device), self.train.labels.to(device)),
+                    Split(self.test.x.to(device), self.test.labels.to(device)),
+                    self.num_classes, self.relabelled, self.true_train_labels)
+
+
+def _digits():
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1)  # (1797, 1, 8, 8), values 0..16
+    y = torch.tensor(bunch.target, dtype=torch.int64)
+    # scikit-learn ships one split: a fixed stratified 80/20 split (1438/359) independent of the run seed
+    g = torch.Generator().manual_seed(SUBSET_SEED)
+    test = torch.zeros(len(y), dtype=torch.bool)
+    for k in range(10):
+        idx = (y == k).nonzero().squeeze(1)
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        test[idx[: round(0.2 * len(idx))]] = True
+    return x[~test], y[~test], x[test], y[test], 10
+
+
+def _synthetic(cfg: DatasetConfig, seed: int):
+    # A Gaussian mixture: class means at distance `separation` from the origin in random directions,
+    # identity noise. Fixed by SUBSET_SEED + seed so that seeds give different draws of the same problem.
+    g = torch.Generator().manual_seed(SUBSET_SEED)
+    directions = torch.randn(cfg.num_classes, cfg.dim, generator=g)
+    means = cfg.separation * directions / directions.norm(dim=1, keepdim=True)
+    g_samples = torch.Generator().manual_seed(1000 + seed)
+
+    def draw(n):
+        y = torch.arange(n) % cfg.num_classes
+        x = means[y] + torch.randn(n, cfg.dim, generator=g_samples)
+        return x.view(n, 1, 1, cfg.dim), y
+
+    x_train, y_train = draw(cfg.n_available)
+    x_test, y_test = draw(max(cfg.n_available // 4, cfg.num_classes))
+    return x_train, y_train, x_test, y_test, cfg.num_classes
+
+
+def _torchvision(cfg: DatasetConfig):
+    import torchvision.datasets as tvd
+
+    def as_tensors(ds):
+        if cfg.name == DatasetName.svhn:
+            x, y = torch.as_tensor(ds.data), torch.as_tensor(ds.labels)  # (N, 3, 32, 32)
+        elif cfg.name == DatasetName.cifar10:
+            x, y = torch.as_tensor(ds.data).permute(0, 3, 1, 2), torch.as_tensor(ds.targets)  # from NHWC
+        else:
+            x, y = ds.data.unsqueeze(1), torch.as_tensor(ds.targets)  # MNIST-like (N, 28, 28)
+        return x.float(), y.long()
+
+    cls = {DatasetName.mnist: tvd.MNIST, DatasetName.fashion_mnist: tvd.FashionMNIST,
+           DatasetName.cifar10: tvd.CIFAR10, DatasetName.svhn: tvd.SVHN}[cfg.name]
+    try:
+        if cfg.name == DatasetName.svhn:
+            train, test = (cls(cfg.root, split=s, download=cfg.download) for s in ("train", "test"))
+        else:
+            train, test = (cls(cfg.root, train=t, download=cfg.download) for t in (True, False))
+    except (RuntimeError, OSError) as exc:
+        hint = "set dataset.download=true" if not cfg.download else "check the network"
+        raise UsageError(f"dataset.root={cfg.root}: {cfg.name.value} not found or unreadable ({exc}); "
+                         f"{hint} or point dataset.root at a folder holding it") from None
+    return *as_tensors(train), *as_tensors(test), 10
+
+
+def _subset(x, y, n, num_classes, balanced, split_name):
+    if n is None:
+        return x, y
+    if n > len(y):
+        raise UsageError(f"dataset.n_{split_name}={n} is larger than the {len(y)} samples available")
+    if not balanced:
+        return x[:n], y[:n]  # the official code's choice: the first n samples
+    g = torch.Generator().manual_seed(SUBSET_SEED)
+    per_class = [n // num_classes + (1 if k < n % num_classes else 0) for k in range(num_classes)]
+    chosen = []
+    for k, want in enumerate(per_class):
+        idx = (y == k).nonzero().squeeze(1)
+        if len(idx) < want:
+            raise UsageError(f"dataset.n_{split_name}={n} needs {want} samples of class {k}, only {len(idx)} "
+                             f"exist; lower it or set dataset.balanced=false")
+        chosen.append(idx[torch.randperm(len(idx), generator=g)[:want]])
+    chosen = torch.cat(chosen).sort().values  # keep the dataset's order
+    return x[chosen], y[chosen]
+
+
+def randomize_labels(labels: torch.Tensor, fraction: float, mode: RandomLabelMode, num_classes: int,
+                     seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Re-draw the labels of round(fraction*N) samples chosen at random; returns (labels, relabelled mask)."""
+    g = torch.Generator().manual_seed(10_000 + seed)
+    n_random = round(fraction * len(labels))
+    chosen = torch.randperm(len(labels), generator=g)[:n_random]
+    labels = labels.clone()
+    if mode == RandomLabelMode.balanced:
+        labels[chosen] = labels[chosen][torch.randperm(n_random, generator=g)]
+    else:
+        labels[chosen] = torch.randint(0, num_classes, (n_random,), generator=g)
+    relabelled = torch.zeros(len(labels), dtype=torch.bool)
+    relabelled[chosen] = True
+    return labels, relabelled
+
+
+def load_dataset(cfg: DatasetConfig, seed: int) -> Data:
+    if cfg.name == DatasetName.digits:
+        raw = _digits()
+    elif cfg.name == DatasetName.synthetic:
+        raw = _synthetic(cfg, seed)
+    else:
+        raw = _torchvision(cfg)
+    x_train, y_train, x_test, y_test, num_classes = raw
+    x_train, y_train = _subset(x_train, y_train, cfg.n_train, num_classes, cfg.balanced, "train")
+    x_test, y_test = _subset(x_test, y_test, cfg.n_test, num_classes, cfg.balanced, "test")
+    if cfg.standardize:
+        # per input coordinate, with the training statistics; constant coordinates map to 0 (official: nan -> 0)
+        mean, std = x_train.mean(0), x_train.std(0)
+        x_train, x_test = ((torch.where(std > 0, (x - mean) / std, 0.0)) for x in (x_train, x_test))
+    labels, relabelled = randomize_labels(y_train, cfg.labels.random_fraction, cfg.labels.random_mode,
+                                          num_classes, seed)
+    return Data(Split(x_train.contiguous(), labels), Split(x_test.contiguous(), y_test), num_classes,
+                relabelled, y_train)
+
+
+def targets(labels: torch.Tensor, num_classes: int, loss: str) -> torch.Tensor:
+    """MSE trains on +-1 one-hot vectors (2*onehot - 1, official); cross-entropy on class indices."""
+    if loss == "ce":
+        return labels
+    return 2.0 * torch.nn.functional.one_hot(labels, num_classes).float() - 1.0
