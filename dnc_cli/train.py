@@ -23,8 +23,16 @@ from omegaconf import DictConfig, OmegaConf
 
 import dnc_cli
 from dnc_cli.cli import fail
-from dnc_cli.config import (CheckpointConfig, ModelName, OptimizerName, Schedule, TrainConfig, to_object,
-                            to_plain, validate_train)
+from dnc_cli.config import (
+    CheckpointConfig,
+    ModelName,
+    OptimizerName,
+    Schedule,
+    TrainConfig,
+    to_object,
+    to_plain,
+    validate_train,
+)
 from dnc_cli.data import load_dataset, targets
 from dnc_cli.errors import UsageError
 from dnc_cli.models import build_model

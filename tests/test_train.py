@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import TINY, assert_usage_error, run_cli, train_config
 
-from dnc_cli.config import DatasetConfig, DatasetName, ModelConfig, ModelName, RandomLabelMode
+from dnc_cli.config import DatasetConfig, ModelConfig, ModelName, RandomLabelMode
 from dnc_cli.data import load_dataset, randomize_labels, targets
 from dnc_cli.models import build_model
 from dnc_cli.train import checkpoint_schedule, run

@@ -1,0 +1,305 @@
+"""`dnc analyze`: per checkpoint, split, layer and stage, the neural-collapse metrics, the SVD-decomposed NC1 and
+the NFA correlation, as one tidy table `<run_dir>/analysis/metrics.csv`.
+
+Per checkpoint and split the data is swept twice (PAPER.md, NC1): sweep 1 runs the network once per batch, gets
+every representation from the layer protocol's `trace`, accumulates class sums and (train split) all layers'
+AGOPs from K backward passes; sweep 2 runs it again and accumulates the within-class projections, traces and
+nearest-class-centre decisions. No m x m matrix is formed for NC1; the AGOPs are m_{l-1} x m_{l-1} by definition.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from dnc_cli.cli import fail
+from dnc_cli.config import AnalyzeConfig, ModelName, TrainConfig, to_object, validate_analyze
+from dnc_cli.data import load_dataset
+from dnc_cli.errors import UsageError
+from dnc_cli.metrics import ClassMeans, NeuralCollapse, nc3, nfa_correlation, psd_power
+from dnc_cli.models import build_model
+from dnc_cli.runs import CONFIG_FILE, atomic_path, checkpoint_epochs, checkpoint_name, find_runs, read_json
+
+log = logging.getLogger("dnc.analyze")
+COLUMNS = ["epoch", "split", "layer", "stage", "metric", "value"]
+
+
+def check(cfg: DictConfig) -> AnalyzeConfig:
+    acfg = validate_analyze(to_object(cfg, AnalyzeConfig))
+    if not Path(acfg.run_dir).exists():
+        raise UsageError(f"run_dir={acfg.run_dir} does not exist")
+    return acfg
+
+
+def load_run_config(run_dir: Path) -> TrainConfig:
+    return to_object(OmegaConf.load(run_dir / CONFIG_FILE), TrainConfig)
+
+
+# ---------------------------------------------------------------------------------------------------- a batch
+def agop_update(model, h0: torch.Tensor, agops: list[torch.Tensor]):
+    """Add Σ_i Σ_c ∇f_c(h_{l-1,i}) ∇f_c(h_{l-1,i})ᵀ of this batch to every layer's AGOP sum (PAPER.md, AGOP).
+
+    One forward keeps each layer's input in the graph; K backward passes (one per output c, summed over the
+    batch: samples are independent, so the gradient of the sum is every sample's gradient) give all layers'
+    gradients at once. Products in the features' dtype, sums in float64. Returns the trace for reuse."""
+    h0 = h0.detach().requires_grad_(True)
+    with torch.enable_grad():
+        trace = model.trace(h0)
+        num_classes = trace.logits.shape[1]
+        for c in range(num_classes):
+            grads = torch.autograd.grad(trace.logits[:, c].sum(), trace.inputs, retain_graph=c < num_classes - 1)
+            for agop, g in zip(agops, grads):
+                agop += (g.T @ g).double()
+    return trace
+
+
+def representations(trace, right_maps, agop_roots) -> dict[tuple[int, str], torch.Tensor]:
+    """The batch's distinct representations keyed by (layer, stage). Stage "" is the layer's own h_l; the SVD
+    stages of layer l (PAPER.md, SVD-decomposed NC1) are `right` = S Vᵀ h_{l-1}, `left` = W_l h_{l-1} and
+    `agop` = AGOP_l^½ h_{l-1}; `input` and `activation` are the layers' own h_{l-1} and h_l (see ALIASES)."""
+    reps = {(0, ""): trace.inputs[0].detach()}
+    for l, (h_in, pre, out) in enumerate(zip(trace.inputs, trace.preacts, trace.outputs), start=1):
+        reps[(l, "")] = out.detach()
+        if right_maps is not None:
+            reps[(l, "right")] = h_in.detach() @ right_maps[l - 1].T
+            reps[(l, "left")] = pre.detach()
+        if agop_roots is not None:
+            reps[(l, "agop")] = h_in.detach() @ agop_roots[l - 1]  # symmetric
+    return reps
+
+
+def aliases(num_layers: int) -> dict[tuple[int, str], tuple[int, str]]:
+    return {**{(l, "input"): (l - 1, "") for l in range(1, num_layers + 1)},
+            **{(l, "activation"): (l, "") for l in range(1, num_layers + 1)}}
+
+
+# ---------------------------------------------------------------------------------------------------- a checkpoint
+def analyze_checkpoint(model, data, acfg: AnalyzeConfig, device) -> list[tuple]:
+    """All rows (split, layer, stage, metric, value) for one checkpoint's model."""
+    model.eval()
+    families = set(acfg.families)
+    want_svd, want_nc = "svd" in families, "nc" in families
+    want_agop = bool(families & {"svd", "nfa"})
+    num_layers, num_classes = len(model.layers), data.num_classes
+    gm, rows = acfg.nc1.global_mean.value, []
+    right_maps = None
+    if want_svd:
+        # W_l = U S Vᵀ  ->  the `right` representation is S Vᵀ h_{l-1}
+        right_maps = []
+        for layer in model.layers:
+            _, s, vh = torch.linalg.svd(layer.weight.detach(), full_matrices=False)
+            right_maps.append(s[:, None] * vh)
+    agops = agop_roots = None
+
+    for split in ("train", "test"):
+        if split not in acfg.splits and not (split == "train" and want_agop):
+            continue
+        x, labels = getattr(data, split).x, getattr(data, split).labels
+        batches = [(x[i:i + acfg.batch_size], labels[i:i + acfg.batch_size]) for i in range(0, len(x),
+                                                                                         acfg.batch_size)]
+        with_agop = split == "train" and want_agop
+        if with_agop:
+            agops = [torch.zeros(layer.in_features, layer.in_features, dtype=torch.float64, device=device)
+                     for layer in model.layers]
+        means: dict = {}
+        # sweep 1: class sums (and the AGOPs)
+        for xb, yb in batches:
+            with torch.no_grad():
+                h0 = model.embed(xb)
+                stages = model.backbone_stages(xb) if want_nc else []
+            trace = agop_update(model, h0, agops) if with_agop else _no_grad_trace(model, h0)
+            reps = representations(trace, right_maps, None)
+            reps.update({(0, name): f for name, f in stages})
+            for key, features in reps.items():
+                means.setdefault(key, ClassMeans(num_classes)).update(features, yb)
+        means = {key: acc.compute() for key, acc in means.items()}
+        if with_agop:
+            agops = [a / len(x) for a in agops]
+            if want_svd:
+                agop_roots = [psd_power(a, 0.5).to(x.dtype) for a in agops]
+        if split not in acfg.splits:
+            continue
+        if agop_roots is not None:
+            for l in range(1, num_layers + 1):  # class means are linear: no sweep needed for them
+                means[(l, "agop")] = means[(l - 1, "")].transformed(agop_roots[l - 1].double())
+        # sweep 2: within-class projections, traces, nearest class centres
+        collapse = {key: NeuralCollapse(m, global_mean=gm, official_scaling=acfg.nc1.official_scaling)
+                    for key, m in means.items()}
+        for xb, yb in batches:
+            with torch.no_grad():
+                h0 = model.embed(xb)
+                trace = model.trace(h0)
+                reps = representations(trace, right_maps, agop_roots)
+                reps.update({(0, name): f for name, f in (model.backbone_stages(xb) if want_nc else [])})
+                predictions = trace.logits.argmax(1)
+            for key, features in reps.items():
+                collapse[key].update(features, yb, predictions)
+        results = {key: acc.compute() for key, acc in collapse.items()}
+        for key, metrics in results.items():
+            layer, stage = key
+            if (stage == "" or stage.startswith("backbone.")) and not want_nc:
+                continue
+            if stage in ("right", "left", "agop") and not want_svd:
+                continue
+            rows += [(split, layer, stage, name, value) for name, value in metrics.items()]
+        if want_svd:
+            for alias, key in aliases(num_layers).items():
+                rows += [(split, *alias, name, value) for name, value in results[key].items()]
+        if want_nc:
+            rows.append((split, num_layers, "", "nc3",
+                         nc3(model.classifier.weight.detach(), means[(num_layers, "")], gm)))
+    if "nfa" in families:
+        for l, (layer, agop) in enumerate(zip(model.layers, agops), start=1):
+            for power in acfg.nfa.powers:
+                rows.append(("train", l, "", f"nfa_corr_{power:g}",
+                             nfa_correlation(layer.weight.detach().double(), agop, power)))
+    return rows
+
+
+def _no_grad_trace(model, h0):
+    with torch.no_grad():
+        return model.trace(h0)
+
+
+# ---------------------------------------------------------------------------------------------------- a run
+def _save_table(path: Path, rows: list[dict]):
+    import pandas as pd
+
+    df = pd.DataFrame(rows, columns=COLUMNS).sort_values(COLUMNS[:5], kind="stable", ignore_index=True)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.10g")
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        return df
+    with atomic_path(path.with_suffix(".parquet")) as tmp:
+        df.to_parquet(tmp, index=False)
+    return df
+
+
+def _save_gram_samples(path: Path, model, data, per_class: int) -> None:
+    """A class-stratified sample of every layer's features for `dnc plot`'s Gram figure (keeps plot torch-free)."""
+    import numpy as np
+
+    labels = data.train.labels
+    index = torch.cat([(labels == k).nonzero().squeeze(1)[:per_class] for k in range(data.num_classes)])
+    with torch.no_grad():
+        trace = model.trace(model.embed(data.train.x[index]))
+    arrays = {"labels": labels[index].cpu().numpy(), "layer_0": trace.inputs[0].cpu().numpy()}
+    arrays |= {f"layer_{l}": h.cpu().numpy() for l, h in enumerate(trace.outputs, start=1)}
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
+
+
+def write_nc_table(path: Path, df, status: str) -> None:
+    """A readable markdown table: NC metrics of the last hidden layer per checkpoint, and per layer at the end."""
+    main = df[(df.split == "train") & (df.stage.fillna("") == "")]
+    if main.empty:
+        return
+    last_layer, final = int(main.layer.max()), int(main.epoch.max())
+    names = [m for m in ("nc1", "nc1_trace", "nc2", "nc3", "nc4", "ncc_acc") if m in set(main.metric)]
+    by_epoch = main[(main.layer == last_layer) & main.metric.isin(names)].pivot(index="epoch", columns="metric",
+                                                                                values="value")[names]
+    layer_names = names + [m for m in sorted(set(main.metric)) if m.startswith("nfa_corr")]
+    by_layer = main[(main.epoch == final) & main.metric.isin(layer_names)].pivot(
+        index="layer", columns="metric", values="value").reindex(columns=[m for m in layer_names if m != "nc3"])
+
+    def markdown(table, index_name):
+        head = f"| {index_name} | " + " | ".join(table.columns) + " |"
+        rule = "|---" * (len(table.columns) + 1) + "|"
+        body = ["| " + str(i) + " | " + " | ".join("" if math.isnan(v) else f"{v:.4g}" for v in row) + " |"
+                for i, row in zip(table.index, table.to_numpy())]
+        return "\n".join([head, rule, *body])
+
+    text = (f"# Neural collapse ({status})\n\nTrain split, last hidden layer (layer {last_layer}), per checkpoint:\n\n"
+            f"{markdown(by_epoch, 'epoch')}\n\nPer layer at the final checkpoint (epoch {final}); layer 0 is the "
+            f"input of the analysed layers:\n\n{markdown(by_layer, 'layer')}\n")
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def analyze_run(run_dir: Path, acfg: AnalyzeConfig, device: torch.device) -> list[str]:
+    """Analyse every checkpoint of one run not analysed yet; returns the problems met (bad checkpoints)."""
+    import pandas as pd
+
+    cfg = load_run_config(run_dir)
+    summary = read_json(run_dir / "summary.json") if (run_dir / "summary.json").exists() else {}
+    status = summary.get("status", "unknown")
+    if cfg.model.name == ModelName.deep_rfm:
+        from dnc_cli.rfm import analyze_deep_rfm
+
+        return analyze_deep_rfm(run_dir, cfg, acfg, device)
+    out_dir = run_dir / "analysis"
+    table = out_dir / "metrics.csv"
+    old = pd.read_csv(table, keep_default_na=False) if table.exists() and not acfg.force else None
+    rows = [] if old is None else old.to_dict("records")
+    done = set() if old is None else set(old.epoch)
+    epochs = [e for e in checkpoint_epochs(run_dir) if e not in done]
+    if status != "done":
+        log.warning("%s: run is %s; analysing its checkpoints so far", run_dir, status)
+    data = load_dataset(cfg.dataset, cfg.seed)
+    if (run_dir / "labels.pt").exists():  # the labels actually trained on (random labels included)
+        data.train.labels = torch.load(run_dir / "labels.pt", weights_only=True)["train_labels"]
+    data = data.to(device)
+    model = build_model(cfg.model, data.input_shape, data.num_classes).to(device)
+    problems = []
+    from tqdm import tqdm
+
+    for epoch in tqdm(epochs, desc=f"analyze {run_dir.name}", unit="ckpt",
+                      disable=not (acfg.progress and sys.stderr.isatty())):
+        path = run_dir / "checkpoints" / checkpoint_name(epoch)
+        try:
+            state = torch.load(path, map_location=device, weights_only=True)["model"]
+        except Exception as exc:  # truncated or corrupt file: report it, analyse the rest
+            problems.append(f"{path}: unreadable checkpoint ({type(exc).__name__}); skipped")
+            log.error(problems[-1])
+            continue
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise UsageError(f"{path} does not match the run's model ({str(exc).splitlines()[0]})") from None
+        rows += [dict(zip(COLUMNS, (epoch, *row))) for row in analyze_checkpoint(model, data, acfg, device)]
+        df = _save_table(table, rows)  # after every checkpoint: an interrupted analysis resumes from here
+        log.info("%s epoch %d analysed", run_dir.name, epoch)
+    if rows:
+        df = _save_table(table, rows)
+        write_nc_table(out_dir / "nc_table.md", df, status)
+        final = int(df.epoch.max())
+        gram = out_dir / f"gram_epoch_{final:06d}_train.npz"
+        if acfg.gram_samples_per_class > 0 and (epochs or not gram.exists()):
+            model.load_state_dict(torch.load(run_dir / "checkpoints" / checkpoint_name(final), map_location=device,
+                                             weights_only=True)["model"])
+            _save_gram_samples(gram, model.eval(), data, acfg.gram_samples_per_class)
+    return problems
+
+
+def resolve_device(name: str) -> torch.device:
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
+                        "cpu" if name == "auto" else name)
+
+
+@hydra.main(version_base="1.3", config_path="pkg://dnc_cli.conf", config_name="analyze")
+def main(cfg: DictConfig) -> None:
+    try:
+        acfg = check(cfg)
+        runs = find_runs(Path(acfg.run_dir))
+        if not runs:
+            raise UsageError(f"run_dir={acfg.run_dir} holds no run (no {CONFIG_FILE} below it)")
+        device = resolve_device(acfg.device)
+        problems = []
+        for run_dir in runs:
+            problems += analyze_run(run_dir, acfg, device)
+            print(f"{run_dir}/analysis/metrics.csv")
+    except UsageError as exc:
+        fail("analyze", str(exc))
+    except KeyboardInterrupt:
+        print("dnc analyze: interrupted; rerun the same command to finish", file=sys.stderr)
+        raise SystemExit(130) from None
+    if problems:
+        fail("analyze", f"{len(problems)} checkpoint(s) skipped: " + "; ".join(problems))

@@ -1,0 +1,324 @@
+"""Neural-collapse metrics (NC1-NC4, CDNV, NCC accuracy) and the Neural Feature Ansatz correlation.
+
+PAPER.md defines every formula used here. A representation h_i in R^m of N samples with labels y_i in
+[0, K) is analysed in two streaming passes over the data, so nothing of size N x m is ever held:
+
+  pass 1  ClassMeans        per-class sums and counts                       -> class means mu_k
+  pass 2  NeuralCollapse    scatter of h_i around mu_{y_i}, its projection
+                            onto span(Sigma_B), nearest-class-centre hits   -> nc1, nc1_trace, cdnv, nc2,
+                                                                               ncc_acc, nc4, ...
+
+Both accumulators follow the torchmetrics pattern (`update(batch)` then `compute()`), accumulate in
+float64 whatever the input dtype, keep their state on one device, and never form an m x m matrix: at
+m = 4096 (Deep RFM's random features) an m x m Sigma_W plus its pseudo-inverse would dominate the run.
+
+Conventions (PAPER.md, "Notation"):
+- Classes without samples are dropped everywhere: K below is the number of non-empty classes.
+- The global mean mu_G is, by default, the unweighted mean of the class means (official code, Papyan);
+  `global_mean="weighted"` gives the sample-weighted mean (Rangamani, Zhu). They differ only for
+  imbalanced classes.
+- Sigma_W = (1/N) sum_i (h_i - mu_{y_i})(h_i - mu_{y_i})^T; `official_scaling=True` divides by K*N as the
+  official code does, which makes nc1 and nc1_trace K times smaller.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+GLOBAL_MEANS = ("unweighted", "weighted")
+FLOAT64_EPS = torch.finfo(torch.float64).eps
+
+
+# ----------------------------------------------------------------------------------------------------------
+# pass 1: class means
+
+
+@dataclass
+class ClassMeansResult:
+    means: Tensor  # (K, m) float64; rows of empty classes are zeros
+    counts: Tensor  # (K,) int64
+
+    @property
+    def present(self) -> Tensor:
+        """Boolean mask (K,) of the classes that have at least one sample."""
+        return self.counts > 0
+
+    def global_mean(self, mode: str = "unweighted") -> Tensor:
+        """mu_G (m,): mean of the non-empty class means ("unweighted") or of all samples ("weighted")."""
+        if mode == "unweighted":
+            return self.means[self.present].mean(0)
+        if mode == "weighted":
+            counts = self.counts.to(torch.float64)
+            return (counts[:, None] * self.means).sum(0) / counts.sum()
+        raise ValueError(f"unknown global_mean {mode!r}; valid: {', '.join(GLOBAL_MEANS)}")
+
+    def centred_means(self, mode: str = "unweighted") -> Tensor:
+        """M~ (K_present, m): the non-empty classes' means minus mu_G, in class order."""
+        return self.means[self.present] - self.global_mean(mode)
+
+    def transformed(self, linear: Tensor) -> ClassMeansResult:
+        """Class means of the features `h @ linear.T` (linear: (m_out, m)), without another pass.
+
+        A mean commutes with a linear map, so these are `means @ linear.T` (empty rows stay zero). This gives
+        the means of W h or AGOP^{1/2} h from the means of h (PAPER.md, "SVD-decomposed per-layer NC1").
+        """
+        linear = linear.to(device=self.means.device, dtype=torch.float64)
+        return ClassMeansResult(means=self.means @ linear.T, counts=self.counts.clone())
+
+
+class ClassMeans:
+    """Pass 1 of a representation's statistics: per-class sums and counts (O(K*m) memory)."""
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+        self.sums: Tensor | None = None  # (K, m) float64, allocated on the first batch's device
+        self.counts: Tensor | None = None  # (K,) int64
+
+    def update(self, features: Tensor, labels: Tensor) -> None:
+        """features (B, m) of any float dtype, labels (B,) integers in [0, K)."""
+        _check_batch(features, labels)
+        if self.sums is None:
+            self.sums = torch.zeros(self.num_classes, features.shape[1], dtype=torch.float64,
+                                    device=features.device)
+            self.counts = torch.zeros(self.num_classes, dtype=torch.int64, device=features.device)
+        features = features.to(device=self.sums.device, dtype=torch.float64)
+        labels = labels.to(device=self.sums.device, dtype=torch.int64)
+        self.sums.index_add_(0, labels, features)
+        self.counts += torch.bincount(labels, minlength=self.num_classes)
+
+    def compute(self) -> ClassMeansResult:
+        if self.sums is None:
+            raise ValueError("ClassMeans.compute() called before any update()")
+        means = self.sums / self.counts.clamp_min(1)[:, None].to(torch.float64)  # empty classes: 0 / 1 = 0
+        return ClassMeansResult(means=means, counts=self.counts.clone())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# pass 2: NC1, CDNV, NCC accuracy, NC4 (and NC2, which needs only the means)
+
+
+class NeuralCollapse:
+    """Pass 2: given the class means, accumulate what NC1, CDNV, NC4 and NCC accuracy need.
+
+    NC1 without an m x m matrix (PAPER.md, NC1). Sigma_B = (1/K) M~^T M~ has rank r <= K-1. With the thin
+    SVD M~ = U S V^T, its non-zero eigenpairs are lambda_j = s_j^2 / K with eigenvectors q_j = the right
+    singular vectors v_j, so Sigma_B^+ = Q diag(1/lambda) Q^T and
+
+        tr(Sigma_W Sigma_B^+) = sum_j (1/lambda_j) q_j^T Sigma_W q_j
+                              = sum_j (1/lambda_j) (1/N) sum_i (q_j^T (h_i - mu_{y_i}))^2,
+
+    i.e. only the diagonal of the r x r second moment of the projected residuals is needed: one (B x m) @
+    (m x r) matmul per batch. The SVD of the K x m matrix M~ is used rather than eigh of the Gram M~M~^T/K:
+    same eigenpairs, but rounding errors are not squared, so exactly-zero directions come out at ~eps^2
+    lambda_max instead of ~eps lambda_max, far below the pseudo-inverse cut-off.
+
+    The passes must see the same samples: compute() raises if pass 2's per-class counts differ from pass 1's
+    (a shuffled loader with drop_last, say, would otherwise measure scatter around the wrong means).
+    """
+
+    def __init__(self, class_means: ClassMeansResult, global_mean: str = "unweighted",
+                 official_scaling: bool = False):
+        present = class_means.present
+        num_present = int(present.sum())
+        if num_present < 2:
+            raise ValueError(f"neural-collapse metrics need at least 2 non-empty classes, got {num_present}")
+        self.official_scaling = official_scaling
+        self.expected_counts = class_means.counts.clone()
+        self.device = class_means.means.device
+        self.num_classes = class_means.means.shape[0]
+        self.present_classes = torch.nonzero(present).flatten()  # maps NCC argmin over present -> label
+        self.global_mean = class_means.global_mean(global_mean)
+        # every class's mean relative to mu_G (rows of empty classes are never used: their count is 0)
+        self.centred_means_all = class_means.means - self.global_mean
+        self.centred_means = self.centred_means_all[present]  # M~, (K, m)
+        self.centred_sq_norms = self.centred_means.square().sum(1)
+
+        # Sigma_B's non-zero eigenpairs from the thin SVD of M~ (see the class docstring)
+        _, singular_values, right_vectors_t = torch.linalg.svd(self.centred_means, full_matrices=False)
+        eigenvalues = singular_values.square() / num_present
+        # Sigma_B^+ cut-off: eigenvalues <= lambda_max * max(m, K) * eps count as zero. For m >= K this is
+        # torch.linalg.pinv's default rtol on the m x m Sigma_B (max(m, m) * eps), so the tests can compare
+        # with pinv; the centred means are linearly dependent (sum_k w_k M~_k = 0), so at least one zero
+        # eigenvalue is always cut.
+        cut_off = eigenvalues.max() * max(self.centred_means.shape) * FLOAT64_EPS
+        kept = eigenvalues > cut_off
+        self.between_eigenvalues = eigenvalues[kept]  # (r,)
+        self.between_basis = right_vectors_t[kept].T.contiguous()  # Q, (m, r), orthonormal columns
+
+        # running sums (tensors on self.device: no host sync per batch)
+        self.scatter_per_class = torch.zeros(self.num_classes, dtype=torch.float64, device=self.device)
+        self.counts = torch.zeros(self.num_classes, dtype=torch.int64, device=self.device)
+        self.projected_scatter = torch.zeros(len(self.between_eigenvalues), dtype=torch.float64,
+                                             device=self.device)
+        self.ncc_correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.nc4_mismatches = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.num_predicted = torch.zeros((), dtype=torch.int64, device=self.device)
+
+    def update(self, features: Tensor, labels: Tensor, predictions: Tensor | None = None) -> None:
+        """features (B, m), labels (B,); predictions (B,) = the network's argmax, needed only for nc4."""
+        _check_batch(features, labels)
+        # centring on mu_G first keeps the distance expansion below free of cancellation under translation
+        centred = features.to(device=self.device, dtype=torch.float64) - self.global_mean
+        labels = labels.to(device=self.device, dtype=torch.int64)
+
+        # within-class scatter, exactly: ||h_i - mu_{y_i}||^2 summed per class (no E[h^2] - mu^2 cancellation)
+        residuals = centred - self.centred_means_all[labels]
+        self.scatter_per_class.index_add_(0, labels, residuals.square().sum(1))
+        self.counts += torch.bincount(labels, minlength=self.num_classes)
+        # diagonal of Q^T (sum_i r_i r_i^T) Q, for tr(Sigma_W Sigma_B^+)
+        self.projected_scatter += (residuals @ self.between_basis).square().sum(0)
+
+        # nearest class centre: argmin_k ||h - mu_k||^2 = argmin_k (||mu_k||^2 - 2 h.mu_k), one matmul
+        # (||h||^2 is the same for every k, so it is left out)
+        distances = self.centred_sq_norms - 2.0 * (centred @ self.centred_means.T)
+        nearest = self.present_classes[distances.argmin(1)]
+        self.ncc_correct += (nearest == labels).sum()
+        if predictions is not None:
+            predictions = predictions.to(device=self.device)
+            self.nc4_mismatches += (predictions != nearest).sum()
+            self.num_predicted += predictions.shape[0]
+
+    def compute(self) -> dict[str, float]:
+        if not torch.equal(self.counts, self.expected_counts.to(self.device)):
+            raise ValueError(f"pass 2 saw per-class counts {self.counts.tolist()} but the class means came "
+                             f"from counts {self.expected_counts.tolist()}: both passes must see the same "
+                             f"data")
+        num_present = self.centred_means.shape[0]
+        num_samples = int(self.counts.sum())
+        # Sigma_W's normaliser: N (Papyan), or K*N (official code) -- PAPER.md, NC1
+        scale = num_samples * num_present if self.official_scaling else num_samples
+
+        trace_within = float(self.scatter_per_class.sum()) / scale
+        trace_between = float(self.centred_sq_norms.sum()) / num_present
+        trace_total = trace_within + trace_between
+        # (1/K) tr(Sigma_W Sigma_B^+) = (1/K) sum_j (1/lambda_j) (1/scale) sum_i (q_j^T r_i)^2
+        nc1 = float((self.projected_scatter / self.between_eigenvalues).sum()) / scale / num_present
+        if len(self.between_eigenvalues) == 0:  # all class means equal: Sigma_B = 0
+            nc1 = _ratio(trace_within, 0.0)
+
+        present = self.present_classes
+        variances = self.scatter_per_class[present] / self.counts[present].to(torch.float64)  # Var_k
+        results = {
+            "nc1": nc1,
+            "nc1_trace": _ratio(trace_within, trace_between),
+            "tr_sw_over_st": _ratio(trace_within, trace_total),
+            "tr_sb_over_st": _ratio(trace_between, trace_total),
+            "cdnv": cdnv(variances, self.centred_means),
+            "nc2": nc2(self.centred_means),
+            "nc2_gram": nc2_gram(self.centred_means),
+            "ncc_acc": int(self.ncc_correct) / num_samples,
+        }
+        if int(self.num_predicted) > 0:
+            results["nc4"] = int(self.nc4_mismatches) / int(self.num_predicted)
+        return results
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    """numerator / denominator, with x / 0 = inf for x > 0 and 0 / 0 = nan.
+
+    0 / 0 arises when every feature is the same point (a dead ReLU layer, say): that is not collapse onto
+    separated class means, so it is reported as nan rather than as a perfect 0.
+    """
+    if denominator > 0:
+        return numerator / denominator
+    return math.inf if numerator > 0 else math.nan
+
+
+def _check_batch(features: Tensor, labels: Tensor) -> None:
+    if features.ndim != 2 or labels.ndim != 1 or features.shape[0] != labels.shape[0]:
+        raise ValueError(f"expected features (B, m) and labels (B,), got {tuple(features.shape)} and "
+                         f"{tuple(labels.shape)}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# metrics of the class means alone
+
+
+def cdnv(variances: Tensor, centred_means: Tensor) -> float:
+    """Class-distance normalised variance (Galanti et al.): mean over class pairs k < k' of
+    (Var_k + Var_k') / (2 ||mu_k - mu_k'||^2), Var_k = (1/n_k) sum_{i in k} ||h_i - mu_k||^2."""
+    # direct differences, not the ||a||^2 - 2ab + ||b||^2 expansion: close means would lose all precision
+    sq_distances = torch.cdist(centred_means, centred_means, compute_mode="donot_use_mm_for_euclid_dist") ** 2
+    first, second = torch.triu_indices(len(variances), len(variances), offset=1, device=variances.device)
+    return float(((variances[first] + variances[second]) / (2.0 * sq_distances[first, second])).mean())
+
+
+def _simplex_etf_target(num_classes: int, device: torch.device) -> Tensor:
+    """(I_K - 11^T/K) / sqrt(K-1): the Gram of a simplex ETF, scaled to unit Frobenius norm."""
+    identity = torch.eye(num_classes, dtype=torch.float64, device=device)
+    return (identity - 1.0 / num_classes) / math.sqrt(num_classes - 1)
+
+
+def _normalised_rows(centred_means: Tensor) -> Tensor:
+    centred_means = centred_means.to(torch.float64)
+    return centred_means / centred_means.norm(dim=1, keepdim=True)
+
+
+def nc2(centred_means: Tensor) -> float:
+    """NC2, slides eq. 15: || M M^T / ||M M^T||_F - (I_K - 11^T/K) / sqrt(K-1) ||_F,
+    M = rows (mu_k - mu_G) / ||mu_k - mu_G||. 0 iff the class means form a simplex ETF."""
+    directions = _normalised_rows(centred_means)
+    gram = directions @ directions.T
+    target = _simplex_etf_target(gram.shape[0], gram.device)
+    return float(torch.linalg.matrix_norm(gram / torch.linalg.matrix_norm(gram) - target))
+
+
+def nc2_gram(centred_means: Tensor) -> float:
+    """NC2 as the official code reports it: mean_{jk} (M M^T - Sigma_ETF)^2_{jk},
+    Sigma_ETF = (1 + 1/(K-1)) I - 11^T/(K-1), i.e. 1 on the diagonal and -1/(K-1) off it."""
+    directions = _normalised_rows(centred_means)
+    num_classes = directions.shape[0]
+    identity = torch.eye(num_classes, dtype=torch.float64, device=directions.device)
+    etf = (1.0 + 1.0 / (num_classes - 1)) * identity - 1.0 / (num_classes - 1)
+    return float((directions @ directions.T - etf).square().mean())
+
+
+def nc3(classifier_weight: Tensor, class_means: ClassMeansResult, global_mean: str = "unweighted") -> float:
+    """NC3 (self-duality), slides eq. 17: || A M~^T / ||A M~^T||_F - (I_K - 11^T/K) / sqrt(K-1) ||_F.
+
+    A (K x m) is the classifier that follows the layer, M~ the centred class means; rows of A for empty
+    classes are dropped together with those classes.
+    """
+    present = class_means.present
+    if int(present.sum()) < 2:
+        raise ValueError(f"nc3 needs at least 2 non-empty classes, got {int(present.sum())}")
+    if classifier_weight.shape != class_means.means.shape:
+        raise ValueError(f"classifier weight {tuple(classifier_weight.shape)} does not match the class means "
+                         f"{tuple(class_means.means.shape)}")
+    weight = classifier_weight.to(device=class_means.means.device, dtype=torch.float64)[present]
+    product = weight @ class_means.centred_means(global_mean).T
+    target = _simplex_etf_target(product.shape[0], product.device)
+    return float(torch.linalg.matrix_norm(product / torch.linalg.matrix_norm(product) - target))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Neural Feature Ansatz (PAPER.md, "AGOP and the NFA")
+
+
+def psd_power(matrix: Tensor, alpha: float) -> Tensor:
+    """matrix^alpha (float64) for a symmetric PSD matrix, via eigh; negative eigenvalues (rounding noise of
+    an AGOP accumulated in floating point) are clamped to 0. alpha > 0."""
+    if alpha <= 0:
+        raise ValueError(f"psd_power needs alpha > 0, got {alpha}")
+    matrix = matrix.to(torch.float64)
+    eigenvalues, eigenvectors = torch.linalg.eigh((matrix + matrix.T) / 2)  # symmetrise: eigh reads one half
+    return (eigenvectors * eigenvalues.clamp_min(0.0) ** alpha) @ eigenvectors.T
+
+
+def pearson(a: Tensor, b: Tensor) -> float:
+    """Pearson correlation of two matrices' entries: subtract each one's mean entry, then cosine."""
+    a = a.flatten().to(torch.float64)
+    b = b.flatten().to(device=a.device, dtype=torch.float64)
+    a = a - a.mean()
+    b = b - b.mean()
+    return float((a @ b) / (a.norm() * b.norm()))
+
+
+def nfa_correlation(weight: Tensor, agop: Tensor, alpha: float) -> float:
+    """NFA: Pearson correlation of W^T W with AGOP^alpha. weight (m_out, m_in), agop (m_in, m_in)."""
+    weight = weight.to(torch.float64)
+    return pearson(weight.T @ weight, psd_power(agop.to(weight.device), alpha))

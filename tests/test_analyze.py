@@ -1,0 +1,235 @@
+"""`dnc analyze`: the pipeline against naive float64 references, the run-level contract, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import TINY, assert_usage_error, run_cli, train_config
+
+from dnc_cli.analyze import agop_update, analyze_checkpoint, analyze_run
+from dnc_cli.config import AnalyzeConfig, DatasetConfig, DatasetName, ModelConfig
+from dnc_cli.data import load_dataset
+from dnc_cli.models import build_model
+
+
+# ---------------------------------------------------------------- naive references, straight from PAPER.md
+def naive_nc(features, labels, predictions, num_classes):
+    h = features.double()
+    n = len(h)
+    means = torch.stack([h[labels == k].mean(0) for k in range(num_classes)])
+    centred = means - means.mean(0)  # unweighted global mean
+    within = h - means[labels]
+    sigma_w = within.T @ within / n  # full m x m
+    sigma_b = centred.T @ centred / num_classes
+    unit = centred / centred.norm(dim=1, keepdim=True)
+    gram = unit @ unit.T
+    etf = (torch.eye(num_classes) - 1 / num_classes) / (num_classes - 1) ** 0.5
+    ncc = torch.cdist(h, means).argmin(1)
+    return {"nc1": torch.trace(sigma_w @ torch.linalg.pinv(sigma_b)).item() / num_classes,
+            "nc1_trace": (torch.trace(sigma_w) / torch.trace(sigma_b)).item(),
+            "nc2": torch.linalg.norm(gram / torch.linalg.norm(gram) - etf).item(),
+            "ncc_acc": (ncc == labels).double().mean().item(),
+            "nc4": (ncc != predictions).double().mean().item()}
+
+
+def naive_agops(model, h0):
+    """Per-sample Jacobians of the sub-network from each layer's input to the K outputs, by autograd."""
+    agops = []
+    for start in range(len(model.layers)):
+        def subnet(h, start=start):
+            for layer in model.layers[start:]:
+                h = model.act(layer(h))
+            return model.classifier(h)
+
+        with torch.no_grad():
+            h = h0
+            for layer in model.layers[:start]:
+                h = model.act(layer(h))
+        jac = torch.stack([torch.autograd.functional.jacobian(subnet, hi) for hi in h])  # N x K x d
+        agops.append(torch.einsum("nkd,nke->de", jac, jac) / len(h))
+    return agops
+
+
+@pytest.fixture
+def random_net_and_data():
+    torch.manual_seed(0)
+    data = load_dataset(DatasetConfig(name=DatasetName.synthetic, num_classes=4, dim=6, n_available=120,
+                                      separation=2.0), seed=0)
+    data.train.x, data.test.x = data.train.x.double(), data.test.x.double()
+    model = build_model(ModelConfig(depth=2, width=9, init_gain=1.0), (1, 1, 6), 4).double().eval()
+    return model, data
+
+
+def _rows_dict(rows):
+    return {(split, layer, stage, metric): value for split, layer, stage, metric, value in rows}
+
+
+def test_pipeline_matches_naive_reference(random_net_and_data):
+    model, data = random_net_and_data
+    rows = _rows_dict(analyze_checkpoint(model, data, AnalyzeConfig(batch_size=37), torch.device("cpu")))
+    h0 = model.embed(data.train.x)
+    agops = naive_agops(model, h0)
+    for split in ("train", "test"):
+        x, labels = getattr(data, split).x, getattr(data, split).labels
+        with torch.no_grad():
+            trace = model.trace(model.embed(x))
+        predictions = trace.logits.argmax(1)
+        reps = {(0, ""): trace.inputs[0]}
+        for l, layer in enumerate(model.layers, start=1):
+            u, s, vh = torch.linalg.svd(layer.weight.detach())
+            h_in = trace.inputs[l - 1]
+            reps |= {(l, ""): trace.outputs[l - 1], (l, "input"): h_in, (l, "activation"): trace.outputs[l - 1],
+                     (l, "right"): h_in @ (torch.diag(s) @ vh[: len(s)]).T, (l, "left"): h_in @ layer.weight.T,
+                     (l, "agop"): h_in @ _naive_sqrt(agops[l - 1])}
+        for (layer, stage), features in reps.items():
+            expected = naive_nc(features.detach(), labels, predictions, 4)
+            for metric, value in expected.items():
+                got = rows[(split, layer, stage, metric)]
+                assert got == pytest.approx(value, rel=1e-6, abs=1e-12), (split, layer, stage, metric)
+    for l, layer in enumerate(model.layers, start=1):
+        for power in (0.5, 1.0):
+            target = (_naive_sqrt(agops[l - 1]) if power == 0.5 else agops[l - 1]).flatten().numpy()
+            wtw = (layer.weight.T @ layer.weight).detach().flatten().numpy()
+            expected = np.corrcoef(wtw, target)[0, 1]
+            assert rows[("train", l, "", f"nfa_corr_{power:g}")] == pytest.approx(expected, rel=1e-6)
+
+
+def _naive_sqrt(matrix):
+    values, vectors = np.linalg.eigh(matrix.detach().numpy())
+    return torch.from_numpy(vectors @ np.diag(np.sqrt(np.clip(values, 0, None))) @ vectors.T)
+
+
+def test_agop_all_layers_matches_per_layer_jacobians(random_net_and_data):
+    model, data = random_net_and_data
+    h0 = model.embed(data.train.x)
+    sums = [torch.zeros(layer.in_features, layer.in_features, dtype=torch.float64) for layer in model.layers]
+    for i in range(0, len(h0), 50):  # batches: the sum over samples is additive
+        agop_update(model, h0[i:i + 50], sums)
+    for ours, reference in zip(sums, naive_agops(model, h0)):
+        torch.testing.assert_close(ours / len(h0), reference, rtol=1e-9, atol=1e-12)
+
+
+def test_agop_two_layer_network_hand_formula():
+    """f(x) = A relu(W x): grad_x f_c = Wᵀ diag(1[Wx > 0]) a_c, so AGOP = mean_i Wᵀ D_i AᵀA D_i W."""
+    torch.manual_seed(1)
+    model = build_model(ModelConfig(depth=1, width=7, init_gain=1.0), (1, 1, 5), 3).double()
+    x = torch.randn(40, 5, dtype=torch.float64)
+    w, a = model.layers[0].weight.detach(), model.classifier.weight.detach()
+    expected = torch.zeros(5, 5, dtype=torch.float64)
+    for xi in x:
+        d = torch.diag((w @ xi > 0).double())
+        expected += w.T @ d @ a.T @ a @ d @ w
+    sums = [torch.zeros(5, 5, dtype=torch.float64)]
+    agop_update(model, x, sums)
+    torch.testing.assert_close(sums[0] / 40, expected / 40, rtol=1e-12, atol=1e-14)
+
+
+def test_right_and_left_nc1_agree_and_families_filter(random_net_and_data):
+    model, data = random_net_and_data
+    rows = _rows_dict(analyze_checkpoint(model, data, AnalyzeConfig(), torch.device("cpu")))
+    for l in (1, 2):
+        for metric in ("nc1", "nc1_trace", "nc2"):  # U is orthogonal: the left map preserves the geometry
+            assert rows[("train", l, "right", metric)] == pytest.approx(rows[("train", l, "left", metric)],
+                                                                        rel=1e-9)
+    only_nc = _rows_dict(analyze_checkpoint(model, data, AnalyzeConfig(families=["nc"], splits=["test"]),
+                                            torch.device("cpu")))
+    assert {k[2] for k in only_nc} == {""} and {k[0] for k in only_nc} == {"test"}
+    assert not any(k[3].startswith("nfa") for k in only_nc)
+
+
+# ---------------------------------------------------------------- run level
+def test_analyze_run_contract_and_resume(tmp_path, tiny_run, monkeypatch):
+    acfg = AnalyzeConfig(progress=False)
+    assert analyze_run(tiny_run, acfg, torch.device("cpu")) == []
+    df = pd.read_csv(tiny_run / "analysis/metrics.csv", keep_default_na=False)
+    assert list(df.columns) == ["epoch", "split", "layer", "stage", "metric", "value"]
+    assert sorted(set(df.epoch)) == [0, 2, 4, 6] and set(df.split) == {"train", "test"}
+    assert set(df.layer) == {0, 1, 2, 3}
+    assert set(df.stage) == {"", "input", "right", "left", "activation", "agop"}
+    assert {"nc1", "nc1_trace", "nc2", "nc2_gram", "nc3", "nc4", "ncc_acc", "cdnv", "tr_sw_over_st",
+            "tr_sb_over_st", "nfa_corr_0.5", "nfa_corr_1"} <= set(df.metric)
+    assert not df.duplicated(["epoch", "split", "layer", "stage", "metric"]).any()
+    for epoch in (0, 2, 4, 6):  # every family at every checkpoint
+        part = df[df.epoch == epoch]
+        assert len(part[(part.metric == "nfa_corr_0.5")]) == 3 and len(part[part.stage == "agop"]) > 0
+    assert (tiny_run / "analysis/nc_table.md").read_text().count("|") > 20
+    gram = np.load(tiny_run / "analysis/gram_epoch_000006_train.npz")
+    assert gram["layer_3"].shape == (200, 32) and (np.diff(gram["labels"]) >= 0).all()
+    reference = (tiny_run / "analysis/metrics.csv").read_bytes()
+
+    # interrupted after two checkpoints, then rerun: identical table
+    import dnc_cli.analyze as analyze_module
+
+    real, calls = analyze_module.analyze_checkpoint, {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(analyze_module, "analyze_checkpoint", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        analyze_run(tiny_run, AnalyzeConfig(progress=False, force=True), torch.device("cpu"))
+    assert len(set(pd.read_csv(tiny_run / "analysis/metrics.csv").epoch)) == 2
+    monkeypatch.setattr(analyze_module, "analyze_checkpoint", real)
+    analyze_run(tiny_run, acfg, torch.device("cpu"))
+    assert (tiny_run / "analysis/metrics.csv").read_bytes() == reference
+    # already analysed: nothing recomputed
+    monkeypatch.setattr(analyze_module, "analyze_checkpoint", lambda *a, **k: pytest.fail("recomputed"))
+    analyze_run(tiny_run, acfg, torch.device("cpu"))
+
+
+def test_backbone_stages_are_analysed(tmp_path):
+    from dnc_cli.train import run
+
+    cfg = train_config(["model=resnet18_mlp", "model.width=16", "model.depth=2", "epochs=1", "dataset.n_train=60",
+                        "dataset.n_test=30"])
+    run(cfg, tmp_path)
+    analyze_run(tmp_path, AnalyzeConfig(progress=False, families=["nc"], gram_samples_per_class=0),
+                torch.device("cpu"))
+    df = pd.read_csv(tmp_path / "analysis/metrics.csv", keep_default_na=False)
+    stages = set(df[df.layer == 0].stage)
+    assert {"backbone.layer1", "backbone.layer4", ""} <= stages
+
+
+def test_cli_analyze(tmp_path, tiny_run):
+    result = run_cli("analyze", f"run_dir={tmp_path}", "splits=[train]", "families=[nc]", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    df = pd.read_csv(tiny_run / "analysis/metrics.csv")
+    assert set(df.split) == {"train"}
+    assert not (tmp_path / "outputs").exists()  # analyze writes into the run, not into outputs/
+
+
+def test_bad_input(tmp_path, tiny_run):
+    assert_usage_error(run_cli("analyze", f"run_dir={tmp_path / 'missing'}", cwd=tmp_path), "missing",
+                       "does not exist")
+    (tmp_path / "empty").mkdir()
+    assert_usage_error(run_cli("analyze", f"run_dir={tmp_path / 'empty'}", cwd=tmp_path), "holds no run")
+    assert_usage_error(run_cli("analyze", f"run_dir={tiny_run}", "splits=[val]", cwd=tmp_path), "val", "train")
+    assert_usage_error(run_cli("analyze", f"run_dir={tiny_run}", "families=[ntk]", cwd=tmp_path), "ntk", "svd")
+    # a truncated checkpoint: named, skipped, the rest analysed, exit non-zero
+    ckpt = tiny_run / "checkpoints/epoch_000004.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    result = run_cli("analyze", f"run_dir={tiny_run}", "families=[nc]", cwd=tmp_path)
+    assert_usage_error(result, "epoch_000004.pt")
+    assert sorted(set(pd.read_csv(tiny_run / "analysis/metrics.csv").epoch)) == [0, 2, 6]
+    # a checkpoint from another model: one line, existing tables untouched
+    table = (tiny_run / "analysis/metrics.csv").read_bytes()
+    wrong = build_model(ModelConfig(depth=3, width=48), (1, 8, 8), 10)
+    torch.save({"model": wrong.state_dict(), "epoch": 8}, tiny_run / "checkpoints/epoch_000008.pt")
+    result = run_cli("analyze", f"run_dir={tiny_run}", "families=[nc]", cwd=tmp_path)
+    assert_usage_error(result, "epoch_000008.pt", "does not match")
+    assert (tiny_run / "analysis/metrics.csv").read_bytes() == table
+
+
+def test_unfinished_run_is_analysed(tmp_path):
+    from dnc_cli.train import run
+
+    run(train_config(TINY + ["epochs=2"]), tmp_path)
+    summary = tmp_path / "summary.json"
+    summary.write_text(summary.read_text().replace('"done"', '"running"'))
+    analyze_run(tmp_path, AnalyzeConfig(progress=False, families=["nc"]), torch.device("cpu"))
+    assert "running" in (tmp_path / "analysis/nc_table.md").read_text()
