@@ -20,7 +20,9 @@ test: $(STAMP)
 demo: $(STAMP)
 	rm -rf $(DEMO_DIR)
 	$(VENV)/bin/dnc train hydra.run.dir=$(DEMO_DIR)
-	@echo "demo run: $(DEMO_DIR)"
+	$(VENV)/bin/dnc analyze run_dir=$(DEMO_DIR)
+	$(VENV)/bin/dnc plot run_dir=$(DEMO_DIR)
+	@echo "demo done: tables in $(DEMO_DIR)/analysis/, figures in $(DEMO_DIR)/figures/"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
