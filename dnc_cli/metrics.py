@@ -118,6 +118,10 @@ class NeuralCollapse:
 
     The passes must see the same samples: compute() raises if pass 2's per-class counts differ from pass 1's
     (a shuffled loader with drop_last, say, would otherwise measure scatter around the wrong means).
+
+    Degenerate inputs give no NaN in ordinary cases (m < K-1, a one-sample class, exact collapse all give
+    finite values). Only when all class means coincide (Sigma_B = 0) are nc1 and nc1_trace inf (nan if also
+    Sigma_W = 0, see `_ratio`), and nc2 / nc2_gram nan (the directions M are 0/0).
     """
 
     def __init__(self, class_means: ClassMeansResult, global_mean: str = "unweighted",
