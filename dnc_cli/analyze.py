@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dnc_cli.cli import fail
-from dnc_cli.config import AnalyzeConfig, ModelName, TrainConfig, to_object, validate_analyze
+from dnc_cli.config import AnalyzeConfig, ModelName, TrainConfig, resolve_device, to_object, validate_analyze
 from dnc_cli.data import load_dataset
 from dnc_cli.errors import UsageError
 from dnc_cli.metrics import ClassMeans, NeuralCollapse, nc3, nfa_correlation, psd_power
@@ -168,7 +168,7 @@ def _no_grad_trace(model, h0):
 
 
 # ---------------------------------------------------------------------------------------------------- a run
-def _save_table(path: Path, rows: list[dict]):
+def save_table(path: Path, rows: list[dict]):
     import pandas as pd
 
     df = pd.DataFrame(rows, columns=COLUMNS).sort_values(COLUMNS[:5], kind="stable", ignore_index=True)
@@ -197,6 +197,14 @@ def _save_gram_samples(path: Path, model, data, per_class: int) -> None:
         np.savez_compressed(f, **arrays)
 
 
+def markdown_table(table, index_name: str) -> str:
+    head = f"| {index_name} | " + " | ".join(map(str, table.columns)) + " |"
+    rule = "|---" * (len(table.columns) + 1) + "|"
+    body = ["| " + str(i) + " | " + " | ".join("" if math.isnan(v) else f"{v:.4g}" for v in row) + " |"
+            for i, row in zip(table.index, table.to_numpy())]
+    return "\n".join([head, rule, *body])
+
+
 def write_nc_table(path: Path, df, status: str) -> None:
     """A readable markdown table: NC metrics of the last hidden layer per checkpoint, and per layer at the end."""
     main = df[(df.split == "train") & (df.stage.fillna("") == "")]
@@ -210,16 +218,9 @@ def write_nc_table(path: Path, df, status: str) -> None:
     by_layer = main[(main.epoch == final) & main.metric.isin(layer_names)].pivot(
         index="layer", columns="metric", values="value").reindex(columns=[m for m in layer_names if m != "nc3"])
 
-    def markdown(table, index_name):
-        head = f"| {index_name} | " + " | ".join(table.columns) + " |"
-        rule = "|---" * (len(table.columns) + 1) + "|"
-        body = ["| " + str(i) + " | " + " | ".join("" if math.isnan(v) else f"{v:.4g}" for v in row) + " |"
-                for i, row in zip(table.index, table.to_numpy())]
-        return "\n".join([head, rule, *body])
-
     text = (f"# Neural collapse ({status})\n\nTrain split, last hidden layer (layer {last_layer}), per checkpoint:\n\n"
-            f"{markdown(by_epoch, 'epoch')}\n\nPer layer at the final checkpoint (epoch {final}); layer 0 is the "
-            f"input of the analysed layers:\n\n{markdown(by_layer, 'layer')}\n")
+            f"{markdown_table(by_epoch, 'epoch')}\n\nPer layer at the final checkpoint (epoch {final}); layer 0 is the "
+            f"input of the analysed layers:\n\n{markdown_table(by_layer, 'layer')}\n")
     with atomic_path(path) as tmp:
         tmp.write_text(text)
 
@@ -265,10 +266,10 @@ def analyze_run(run_dir: Path, acfg: AnalyzeConfig, device: torch.device) -> lis
         except RuntimeError as exc:
             raise UsageError(f"{path} does not match the run's model ({str(exc).splitlines()[0]})") from None
         rows += [dict(zip(COLUMNS, (epoch, *row))) for row in analyze_checkpoint(model, data, acfg, device)]
-        df = _save_table(table, rows)  # after every checkpoint: an interrupted analysis resumes from here
+        df = save_table(table, rows)  # after every checkpoint: an interrupted analysis resumes from here
         log.info("%s epoch %d analysed", run_dir.name, epoch)
     if rows:
-        df = _save_table(table, rows)
+        df = save_table(table, rows)
         write_nc_table(out_dir / "nc_table.md", df, status)
         final = int(df.epoch.max())
         gram = out_dir / f"gram_epoch_{final:06d}_train.npz"
@@ -277,11 +278,6 @@ def analyze_run(run_dir: Path, acfg: AnalyzeConfig, device: torch.device) -> lis
                                              weights_only=True)["model"])
             _save_gram_samples(gram, model.eval(), data, acfg.gram_samples_per_class)
     return problems
-
-
-def resolve_device(name: str) -> torch.device:
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
-                        "cpu" if name == "auto" else name)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://dnc_cli.conf", config_name="analyze")

@@ -229,6 +229,15 @@ def validate_device(device: str) -> None:
     raise UsageError(f"device={device} is not a device; {valid}")
 
 
+def resolve_device(name: str):
+    """`auto` is CUDA when available, else the CPU."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def validate_analyze(cfg: AnalyzeConfig) -> AnalyzeConfig:
     for split in cfg.splits:
         _need(split in SPLITS, f"splits contains '{split}'; valid: {', '.join(SPLITS)}")

@@ -305,9 +305,9 @@ def nc3(classifier_weight: Tensor, class_means: ClassMeansResult, global_mean: s
 
 def psd_power(matrix: Tensor, alpha: float) -> Tensor:
     """matrix^alpha (float64) for a symmetric PSD matrix, via eigh; negative eigenvalues (rounding noise of
-    an AGOP accumulated in floating point) are clamped to 0. alpha > 0."""
-    if alpha <= 0:
-        raise ValueError(f"psd_power needs alpha > 0, got {alpha}")
+    an AGOP accumulated in floating point) are clamped to 0. alpha >= 0 (0 gives the identity)."""
+    if alpha < 0:
+        raise ValueError(f"psd_power needs alpha >= 0, got {alpha}")
     matrix = matrix.to(torch.float64)
     eigenvalues, eigenvectors = torch.linalg.eigh((matrix + matrix.T) / 2)  # symmetrise: eigh reads one half
     return (eigenvectors * eigenvalues.clamp_min(0.0) ** alpha) @ eigenvectors.T

@@ -29,6 +29,7 @@ from dnc_cli.config import (
     OptimizerName,
     Schedule,
     TrainConfig,
+    resolve_device,
     to_object,
     to_plain,
     validate_train,
@@ -49,18 +50,16 @@ OmegaConf.register_new_resolver("dnc_run_dir", lambda resume, fresh: resume or f
 
 def check(cfg: DictConfig) -> TrainConfig:
     train_cfg = validate_train(to_object(cfg, TrainConfig))
+    if train_cfg.model.name == ModelName.deep_rfm:
+        from dnc_cli.rfm import rfm_config
+
+        rfm_config(train_cfg).validate()
     if train_cfg.resume is not None and not (Path(train_cfg.resume) / "checkpoints" / "last.pt").exists():
         raise UsageError(f"resume={train_cfg.resume} holds no checkpoints/last.pt to resume from")
     if "hydra" in cfg:
         ensure_writable_dir(cfg.hydra.run.dir, "hydra.run.dir")
         ensure_writable_dir(cfg.hydra.sweep.dir, "hydra.sweep.dir")
     return train_cfg
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def checkpoint_schedule(c: CheckpointConfig, epochs: int) -> set[int]:
@@ -110,7 +109,7 @@ def versions() -> dict:
             "git_sha": sha}
 
 
-def _save(obj, path: Path) -> None:
+def save_atomic(obj, path: Path) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
@@ -189,7 +188,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> dict:
         with atomic_path(run_dir / CONFIG_FILE) as tmp:
             tmp.write_text(OmegaConf.to_yaml(plain))
         # which samples were relabelled (random labels), and the labels actually trained on
-        _save({"train_labels": data.train.labels.cpu(), "relabelled": data.relabelled,
+        save_atomic({"train_labels": data.train.labels.cpu(), "relabelled": data.relabelled,
                "true_train_labels": data.true_train_labels}, run_dir / "labels.pt")
         epoch, tpt_epoch, elapsed0 = 0, None, 0.0
         summary = {"status": "running", "model": cfg.model.name.value, "dataset": cfg.dataset.name.value,
@@ -208,9 +207,9 @@ def run(cfg: TrainConfig, run_dir: Path) -> dict:
             f.write(",".join(f"{v:.8g}" if isinstance(v, float) else str(v) for v in row) + "\n")
             f.flush()
         if checkpoint:
-            _save({"model": model.state_dict(), "epoch": epoch, "config": plain, "layers": model.describe(),
+            save_atomic({"model": model.state_dict(), "epoch": epoch, "config": plain, "layers": model.describe(),
                    "metrics": dict(zip(LOG_COLUMNS[1:5], metrics))}, ckpt_dir / checkpoint_name(epoch))
-        _save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+        save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                "tpt_epoch": tpt_epoch, "batch_rng": batch_rng.get_state(), "torch_rng": torch.get_rng_state(),
                "elapsed_s": row[-1]}, ckpt_dir / "last.pt")
         summary |= {"epochs_done": epoch, "tpt_epoch": tpt_epoch, "elapsed_s": round(row[-1], 3),
