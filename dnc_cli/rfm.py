@@ -317,12 +317,13 @@ def _accuracy(scores: Tensor, labels: Tensor) -> float:
 
 
 def fit_deep_rfm(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, num_classes: int,
-                 cfg: RFMConfig, on_layer=None, device="cpu") -> list[RFMLayer]:
+                 cfg: RFMConfig, on_layer=None, device="cpu", done: list[RFMLayer] = ()) -> list[RFMLayer]:
     """Fit `cfg.depth` RFM layers on the training set (PAPER.md Deep RFM steps 1-5).
 
     The test set is transformed alongside, only to report each layer's test accuracy. After each layer's fit
     `on_layer(l, record, elapsed_s, x_l)` is called with the layer's input X_l (progress bar / log line).
-    The last layer also fits its predictor and AGOP: its test accuracy is the model's.
+    The last layer also fits its predictor and AGOP: its test accuracy is the model's. `done` holds the
+    records of layers fitted earlier (a resumed run): they are replayed, not refitted.
     """
     cfg.validate()
     device = torch.device(device)
@@ -330,36 +331,42 @@ def fit_deep_rfm(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tenso
     x_test = x_test.reshape(len(x_test), -1).to(device=device, dtype=torch.float32)
     y_train, y_test = y_train.to(device), y_test.to(device)
     targets = 2.0 * F.one_hot(y_train, num_classes).double() - 1.0  # +-1 targets, as the official code
-    layers = []
+    layers = list(done)
     for layer in range(1, cfg.depth + 1):
         started = time.perf_counter()
         if cfg.normalize_inputs:  # step 1
             x_train, x_test = unit_rows(x_train), unit_rows(x_test)
-
-        # step 2: kernel ridge regression (K_XX freed before the AGOP, which only needs B x N blocks)
-        kxx = kernel_matrix(x_train, x_train, cfg.kernel, cfg.bandwidth)
-        alpha = solve_kernel_ridge(kxx, targets, cfg.ridge)
-        train_acc = _accuracy(_times_float64(kxx, alpha), y_train)  # the very K_XX that was solved
-        del kxx
-        test_acc = _accuracy(kernel_predict(x_test, x_train, alpha, cfg.kernel, cfg.bandwidth), y_test)
-
-        # step 3: AGOP, normalised by its max entry (M is PSD, so its max is a positive diagonal entry)
-        agop = kernel_agop(x_train, alpha, cfg.kernel, cfg.bandwidth)
-        agop = agop / agop.max().clamp_min(torch.finfo(agop.dtype).tiny)
-
-        # step 4: P = M^{1/2}; stored in float32 and used from the stored copy, so a replay is exact
-        sqrt_agop = psd_power(agop, cfg.agop_power).float()
-        record = RFMLayer(agop=agop.float(), sqrt_agop=sqrt_agop, train_acc=train_acc, test_acc=test_acc)
-        layers.append(record)
-
-        if on_layer is not None:
-            on_layer(layer, record, time.perf_counter() - started, x_train)
+        if layer <= len(done):
+            sqrt_agop = done[layer - 1].sqrt_agop.to(device)
+        else:
+            sqrt_agop = _fit_layer(x_train, y_train, x_test, y_test, targets, cfg, layers)
+            if on_layer is not None:
+                on_layer(layer, layers[-1], time.perf_counter() - started, x_train)
         # step 5: the next layer's input
         if layer < cfg.depth:
             feature_map = random_feature_map(x_train.shape[1], cfg, layer, device)
             x_train = _layer_step(x_train, sqrt_agop, feature_map)[1]
             x_test = _layer_step(x_test, sqrt_agop, feature_map)[1]
     return layers
+
+
+def _fit_layer(x_train, y_train, x_test, y_test, targets, cfg: RFMConfig, layers: list[RFMLayer]) -> Tensor:
+    """Steps 2-4 of one layer; appends its record to `layers` and returns P = M^{agop_power}."""
+    # step 2: kernel ridge regression (K_XX freed before the AGOP, which only needs B x N blocks)
+    kxx = kernel_matrix(x_train, x_train, cfg.kernel, cfg.bandwidth)
+    alpha = solve_kernel_ridge(kxx, targets, cfg.ridge)
+    train_acc = _accuracy(_times_float64(kxx, alpha), y_train)  # the very K_XX that was solved
+    del kxx
+    test_acc = _accuracy(kernel_predict(x_test, x_train, alpha, cfg.kernel, cfg.bandwidth), y_test)
+
+    # step 3: AGOP, normalised by its max entry (M is PSD, so its max is a positive diagonal entry)
+    agop = kernel_agop(x_train, alpha, cfg.kernel, cfg.bandwidth)
+    agop = agop / agop.max().clamp_min(torch.finfo(agop.dtype).tiny)
+
+    # step 4: P = M^{1/2}; stored in float32 and used from the stored copy, so a replay is exact
+    sqrt_agop = psd_power(agop, cfg.agop_power).float()
+    layers.append(RFMLayer(agop=agop.float(), sqrt_agop=sqrt_agop, train_acc=train_acc, test_acc=test_acc))
+    return sqrt_agop
 
 
 def deep_rfm_representations(x: Tensor, layers: list[RFMLayer], cfg: RFMConfig,
@@ -418,33 +425,42 @@ def run_deep_rfm(cfg, run_dir) -> dict:
 
     from dnc_cli.config import resolve_device, to_plain
     from dnc_cli.data import load_dataset
-    from dnc_cli.runs import CONFIG_FILE, atomic_path, checkpoint_name, write_json
-    from dnc_cli.train import save_atomic, versions
+    from dnc_cli.runs import CONFIG_FILE, atomic_path, checkpoint_name, read_json, write_json
+    from dnc_cli.train import check_resume_config, save_atomic, versions
 
     log = logging.getLogger("dnc.deep_rfm")
     rcfg = rfm_config(cfg)
     rcfg.validate()
-    if cfg.resume is not None:
-        raise UsageError("resume= is not supported for model=deep_rfm; rerun the command without it")
     device = resolve_device(cfg.device)
     data = load_dataset(cfg.dataset, cfg.seed)
     n, d = len(data.train.labels), data.train.x[0].numel()
     memory_check(n, max(d, rcfg.width), device)
-    ckpt = run_dir / "checkpoints" / checkpoint_name(0)
-    if ckpt.exists():
-        raise UsageError(f"hydra.run.dir={run_dir} already holds a Deep RFM run")
-    plain = to_plain(cfg)
-    with atomic_path(run_dir / CONFIG_FILE) as tmp:
-        tmp.write_text(OmegaConf.to_yaml(plain))
-    save_atomic({"train_labels": data.train.labels, "relabelled": data.relabelled,
-                 "true_train_labels": data.true_train_labels}, run_dir / "labels.pt")
-    summary = {"status": "running", "model": "deep_rfm", "dataset": cfg.dataset.name.value, "seed": cfg.seed,
-               "tpt_epoch": None, "versions": versions(), "run_dir": str(run_dir), "num_classes": data.num_classes,
-               "n_train": n, "n_test": len(data.test.labels), "n_relabelled": int(data.relabelled.sum())}
+    ckpt, last = run_dir / "checkpoints" / checkpoint_name(0), run_dir / "checkpoints" / "last.pt"
+    plain, log_path = to_plain(cfg), run_dir / "rfm_log.csv"
+    if cfg.resume is not None:  # continue after the layers in last.pt (written after every layer)
+        check_resume_config(run_dir, plain)
+        done = [RFMLayer.from_dict(r) for r in torch.load(last, weights_only=True)["rfm_layers"]]
+        summary = read_json(run_dir / "summary.json") | {"status": "running"}
+        lines = log_path.read_text().splitlines(keepends=True)
+        log_path.write_text("".join(lines[:1 + len(done)]))
+        log.info("resuming %s after layer %d", run_dir, len(done))
+    else:
+        if last.exists():
+            raise UsageError(f"hydra.run.dir={run_dir} already holds a run; continue it with resume={run_dir}")
+        with atomic_path(run_dir / CONFIG_FILE) as tmp:
+            tmp.write_text(OmegaConf.to_yaml(plain))
+        save_atomic({"train_labels": data.train.labels, "relabelled": data.relabelled,
+                     "true_train_labels": data.true_train_labels}, run_dir / "labels.pt")
+        summary = {"status": "running", "model": "deep_rfm", "dataset": cfg.dataset.name.value, "seed": cfg.seed,
+                   "tpt_epoch": None, "versions": versions(), "run_dir": str(run_dir),
+                   "num_classes": data.num_classes, "n_train": n, "n_test": len(data.test.labels),
+                   "n_relabelled": int(data.relabelled.sum())}
+        log_path.write_text("layer,train_acc,test_acc,nc1_trace,elapsed_s\n")
+        done = []
     write_json(run_dir / "summary.json", summary)
-    log_path = run_dir / "rfm_log.csv"
-    log_path.write_text("layer,train_acc,test_acc,nc1_trace,elapsed_s\n")
-    bar = tqdm(total=rcfg.depth, desc="deep_rfm", unit="layer", disable=not (cfg.progress and sys.stderr.isatty()))
+    fitted = list(done)
+    bar = tqdm(total=rcfg.depth, initial=len(done), desc="deep_rfm", unit="layer",
+               disable=not (cfg.progress and sys.stderr.isatty()))
     labels = data.train.labels.to(device)
 
     def on_layer(layer, record, elapsed, x_layer):
@@ -453,11 +469,13 @@ def run_deep_rfm(cfg, run_dir) -> dict:
             f.write(f"{layer},{record.train_acc:.6g},{record.test_acc:.6g},{nc1:.6g},{elapsed:.3f}\n")
         log.info("layer %d: kernel train_acc %.4f test_acc %.4f, NC1 of X_l %.3g (%.1f s)", layer, record.train_acc,
                  record.test_acc, nc1, elapsed)
+        fitted.append(record)
+        save_atomic({"rfm_layers": [r.as_dict() for r in fitted]}, last)
         bar.update(1)
 
     try:
         layers = fit_deep_rfm(data.train.x, data.train.labels, data.test.x, data.test.labels, data.num_classes,
-                              rcfg, on_layer=on_layer, device=device)
+                              rcfg, on_layer=on_layer, device=device, done=done)
     except KeyboardInterrupt:
         write_json(run_dir / "summary.json", summary | {"status": "interrupted"})
         raise

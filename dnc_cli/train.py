@@ -114,7 +114,7 @@ def save_atomic(obj, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def _check_resume_config(run_dir: Path, plain: dict) -> None:
+def check_resume_config(run_dir: Path, plain: dict) -> None:
     saved = OmegaConf.to_container(OmegaConf.load(run_dir / CONFIG_FILE))
 
     def diff(a, b, prefix=""):
@@ -172,7 +172,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> dict:
                 *evaluate(model, data.test.x, data.test.labels, test_t, loss_fn, 1024))
 
     if cfg.resume is not None:
-        _check_resume_config(run_dir, plain)
+        check_resume_config(run_dir, plain)
         state = torch.load(ckpt_dir / "last.pt", map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

@@ -273,3 +273,32 @@ def test_deep_rfm_bad_options(tmp_path, override, needle):
     result = run_cli("train", "model=deep_rfm", "dataset=synthetic", "model.depth=2", override, cwd=tmp_path)
     assert_usage_error(result, needle)
     assert not (tmp_path / "outputs").exists()
+
+
+def test_deep_rfm_resume_after_interruption(tmp_path, monkeypatch):
+    from conftest import train_config
+
+    import dnc_cli.rfm as rfm
+    from dnc_cli.train import run
+
+    overrides = ["model=deep_rfm", "dataset=synthetic", "dataset.n_available=200", "model.depth=3", "model.width=64"]
+    run(train_config(overrides), tmp_path / "whole")
+    real, calls = rfm._fit_layer, {"n": 0}
+
+    def interrupted(*args, **kwargs):  # Ctrl-C while fitting the third layer
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rfm, "_fit_layer", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(train_config(overrides), tmp_path / "part")
+    monkeypatch.setattr(rfm, "_fit_layer", real)
+    run(train_config(overrides + [f"resume={tmp_path / 'part'}"]), tmp_path / "part")
+    whole, part = (torch.load(tmp_path / d / "checkpoints/epoch_000000.pt", weights_only=True)["rfm_layers"]
+                   for d in ("whole", "part"))
+    assert len(part) == 3
+    for a, b in zip(whole, part):
+        assert torch.equal(a["agop"], b["agop"]) and a["test_acc"] == b["test_acc"]
+    assert (tmp_path / "part/rfm_log.csv").read_text().count("\n") == 4
