@@ -22,7 +22,7 @@ from dnc_cli.cli import fail
 from dnc_cli.config import AnalyzeConfig, ModelName, TrainConfig, resolve_device, to_object, validate_analyze
 from dnc_cli.data import load_dataset
 from dnc_cli.errors import UsageError
-from dnc_cli.metrics import ClassMeans, NeuralCollapse, nc3, nfa_correlation, psd_power
+from dnc_cli.metrics import ClassMeans, NeuralCollapse, nc3, nfa_correlation, psd_eigh, psd_power
 from dnc_cli.models import build_model
 from dnc_cli.runs import CONFIG_FILE, atomic_path, checkpoint_epochs, checkpoint_name, find_runs, read_json
 
@@ -51,11 +51,14 @@ def agop_update(model, h0: torch.Tensor, agops: list[torch.Tensor]):
     h0 = h0.detach().requires_grad_(True)
     with torch.enable_grad():
         trace = model.trace(h0)
-        num_classes = trace.logits.shape[1]
-        for c in range(num_classes):
-            grads = torch.autograd.grad(trace.logits[:, c].sum(), trace.inputs, retain_graph=c < num_classes - 1)
-            for agop, g in zip(agops, grads):
-                agop += (g.T @ g).double()
+        batch, num_classes = trace.logits.shape
+        # the K backward passes as one batched backward: grad_outputs = the K one-hot output directions
+        onehot = torch.eye(num_classes, dtype=trace.logits.dtype, device=h0.device)
+        grads = torch.autograd.grad(trace.logits, trace.inputs, is_grads_batched=True,
+                                    grad_outputs=onehot.unsqueeze(1).expand(num_classes, batch, num_classes))
+    for agop, g in zip(agops, grads):  # g: (K, B, m_{l-1})
+        g = g.reshape(-1, g.shape[-1])
+        agop += (g.T @ g).double()
     return trace
 
 
@@ -95,7 +98,7 @@ def analyze_checkpoint(model, data, acfg: AnalyzeConfig, device) -> list[tuple]:
         for layer in model.layers:
             _, s, vh = torch.linalg.svd(layer.weight.detach(), full_matrices=False)
             right_maps.append(s[:, None] * vh)
-    agops = agop_roots = None
+    agops = agop_roots = agop_eighs = None
 
     for split in ("train", "test"):
         if split not in acfg.splits and not (split == "train" and want_agop):
@@ -121,8 +124,9 @@ def analyze_checkpoint(model, data, acfg: AnalyzeConfig, device) -> list[tuple]:
         means = {key: acc.compute() for key, acc in means.items()}
         if with_agop:
             agops = [a / len(x) for a in agops]
+            agop_eighs = [psd_eigh(a) for a in agops]  # one decomposition per AGOP serves every power
             if want_svd:
-                agop_roots = [psd_power(a, 0.5).to(x.dtype) for a in agops]
+                agop_roots = [psd_power(a, 0.5, e).to(x.dtype) for a, e in zip(agops, agop_eighs)]
         if split not in acfg.splits:
             continue
         if agop_roots is not None:
@@ -155,10 +159,10 @@ def analyze_checkpoint(model, data, acfg: AnalyzeConfig, device) -> list[tuple]:
             rows.append((split, num_layers, "", "nc3",
                          nc3(model.classifier.weight.detach(), means[(num_layers, "")], gm)))
     if "nfa" in families:
-        for l, (layer, agop) in enumerate(zip(model.layers, agops), start=1):
+        for l, (layer, agop, eigh) in enumerate(zip(model.layers, agops, agop_eighs), start=1):
             for power in acfg.nfa.powers:
                 rows.append(("train", l, "", f"nfa_corr_{power:g}",
-                             nfa_correlation(layer.weight.detach().double(), agop, power)))
+                             nfa_correlation(layer.weight.detach().double(), agop, power, eigh)))
     return rows
 
 
@@ -282,20 +286,29 @@ def analyze_run(run_dir: Path, acfg: AnalyzeConfig, device: torch.device) -> lis
 
 @hydra.main(version_base="1.3", config_path="pkg://dnc_cli.conf", config_name="analyze")
 def main(cfg: DictConfig) -> None:
+    from dnc_cli.sweep import analyze_runs, find_sweeps, write_sweep_tables
+
     try:
         acfg = check(cfg)
         runs = find_runs(Path(acfg.run_dir))
-        if not runs:
+        sweeps = find_sweeps(Path(acfg.run_dir), runs)
+        if not runs and not sweeps:
             raise UsageError(f"run_dir={acfg.run_dir} holds no run (no {CONFIG_FILE} below it)")
-        device = resolve_device(acfg.device)
-        problems = []
-        for run_dir in runs:
-            problems += analyze_run(run_dir, acfg, device)
-            print(f"{run_dir}/analysis/metrics.csv")
+        # every run (acfg.jobs at a time); with several runs, one that cannot be analysed is listed, not fatal
+        problems, errors = analyze_runs(runs, acfg, resolve_device(acfg.device), analyze_run)
+        for sweep_dir in sweeps:
+            digest = write_sweep_tables(sweep_dir, runs, errors)
+            print(f"{digest['dir']}/runs.csv: {digest['runs']} runs, {digest['done']} done; swept: "
+                  f"{', '.join(digest['keys']) or 'nothing'}")
+            for line in digest["not_done"]:
+                print(f"  not done: {line}")
     except UsageError as exc:
         fail("analyze", str(exc))
     except KeyboardInterrupt:
         print("dnc analyze: interrupted; rerun the same command to finish", file=sys.stderr)
         raise SystemExit(130) from None
-    if problems:
-        fail("analyze", f"{len(problems)} checkpoint(s) skipped: " + "; ".join(problems))
+    report = [f"{len(problems)} checkpoint(s) skipped: " + "; ".join(problems)] if problems else []
+    if errors:
+        report.append(f"{len(errors)} run(s) not analysed: " + "; ".join(f"{r}: {e}" for r, e in errors.items()))
+    if report:
+        fail("analyze", "; ".join(report))

@@ -11,16 +11,21 @@ import importlib
 import itertools
 import sys
 
+from omegaconf import OmegaConf, open_dict
+
 COMMANDS = {
     "train": ("dnc_cli.train", "train a network (or build a Deep RFM) and save checkpoints"),
     "analyze": ("dnc_cli.analyze", "NC1-NC4, SVD-decomposed NC1 and NFA per layer and checkpoint"),
     "plot": ("dnc_cli.plot_cmd", "the paper's figures from the analysis tables"),
+    "report": ("dnc_cli.report", "the paper's claims, judged from a run's or a sweep's tables (report.md)"),
 }
 
 USAGE = "usage: dnc <command> [key=value ...] [-m] [--help] [--cfg job]\n\ncommands:\n" + "\n".join(
     f"  {name:<9} {help_}" for name, (_, help_) in COMMANDS.items()
 ) + "\n\n`dnc <command> --help` shows the command's options (Hydra's help)."
 
+# launchers from the optional Hydra plugins (pip install -e '.[sweeps]'); slurm is ours, built on submitit_slurm
+_PLUGIN_LAUNCHERS = ("joblib", "submitit_local", "submitit_slurm", "slurm")
 # Hydra flags that take a value; the value is not an override
 _FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-path", "-cp",
                      "--config-dir", "-cd", "--experimental-rerun"}
@@ -54,18 +59,70 @@ def _compose_error(exc: Exception) -> str:
     if isinstance(exc, MissingConfigException) and exc.options is not None:
         group = (exc.missing_cfg_file or "").rsplit("/", 1)[0]
         bad = (exc.missing_cfg_file or "").rsplit("/", 1)[-1]
-        return f"{group}={bad} is not a choice; valid: {', '.join(sorted(exc.options))}"
+        message = f"{group}={bad} is not a choice; valid: {', '.join(sorted(exc.options))}"
+        if group == "hydra/launcher" and bad in _PLUGIN_LAUNCHERS:
+            message += f" ({', '.join(_PLUGIN_LAUNCHERS)} need the optional plugins: pip install -e '.[sweeps]')"
+        return message
     parts = [str(exc)] + ([str(exc.__cause__)] if exc.__cause__ is not None else [])
+    if any("Could not load 'hydra/launcher/submitit_" in part for part in parts):  # our slurm.yaml, no plugin
+        return "hydra/launcher=slurm needs the optional plugin hydra-submitit-launcher: pip install -e '.[sweeps]'"
     lines = [line.strip() for part in parts for line in part.splitlines()]
     lines = [line for line in lines if line and not line.startswith(("full_key", "object_type", "reference_type",
                                                                       "Set the environment variable"))]
     return " ".join(dict.fromkeys(lines))  # unique, in order
 
 
-def _check_config(command: str, module, overrides: list[str]) -> None:
-    """Compose the config once per sweep value so that every bad value fails here, in one line."""
+def job_gpu() -> str:
+    """`device='${dnc_job_gpu:}'`: job n of a sweep on GPU n mod #GPUs (cpu without CUDA; GPU 0 outside sweeps)."""
+    import torch
+    from hydra.core.hydra_config import HydraConfig
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not count:
+        return "cpu"
+    job = HydraConfig.get().job if HydraConfig.initialized() else None
+    num = job.num if job is not None and not OmegaConf.is_missing(job, "num") else 0
+    return f"cuda:{int(num) % count}"
+
+
+def resume_here() -> str | None:
+    """`resume='${dnc_resume:}'`: this job's own folder when it holds checkpoints/last.pt, else null. `dnc train`
+    gives it to every sweep job, so a job requeued after pre-emption (SLURM) or a sweep launched again into the
+    same hydra.sweep.dir continues its runs instead of refusing to overwrite them."""
+    from pathlib import Path
+
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized() or OmegaConf.is_missing(HydraConfig.get().runtime, "output_dir"):
+        return None  # composing, before the job's folder is known
+    folder = Path(HydraConfig.get().runtime.output_dir)
+    return str(folder) if (folder / "checkpoints" / "last.pt").is_file() else None
+
+
+# registered here because every command (and every sweep job a launcher unpickles) imports this module
+OmegaConf.register_new_resolver("dnc_job_gpu", job_gpu, replace=True)
+OmegaConf.register_new_resolver("dnc_resume", resume_here, replace=True)
+RESUME_IN_SWEEPS = "resume=${dnc_resume:}"
+
+
+def _stand_in_job(cfg) -> None:
+    """A sweep job's number and id exist only at launch: stand-ins let `${hydra:job.num}` resolve in the check."""
+    from hydra.core.hydra_config import HydraConfig
+
+    with open_dict(cfg):
+        for key, value in (("num", 0), ("id", "0")):
+            if OmegaConf.is_missing(cfg.hydra.job, key):
+                cfg.hydra.job[key] = value
+    HydraConfig.instance().set_config(cfg)
+
+
+def _check_config(command: str, module, overrides: list[str]) -> bool:
+    """Compose the config once per sweep value so that every bad value fails here, in one line. Returns whether the
+    config asks for a multirun (hydra.mode: MULTIRUN, as the +sweep=... presets do)."""
     from hydra import compose, initialize_config_module
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+    from omegaconf.errors import OmegaConfBaseException
 
     from dnc_cli.errors import UsageError
 
@@ -80,6 +137,7 @@ def _check_config(command: str, module, overrides: list[str]) -> None:
     combos = [[c[0] for c in choices]]
     for i, values in enumerate(choices):
         combos += [[*(c[0] for c in choices[:i]), v, *(c[0] for c in choices[i + 1:])] for v in values[1:]]
+    multirun = False
     with initialize_config_module("dnc_cli.conf", version_base="1.3"):
         for combo in itertools.islice(combos, 64):
             try:
@@ -87,10 +145,15 @@ def _check_config(command: str, module, overrides: list[str]) -> None:
                               return_hydra_config=True)
             except Exception as exc:
                 fail(command, _compose_error(exc))
+            multirun = multirun or cfg.hydra.mode == RunMode.MULTIRUN
+            _stand_in_job(cfg)
             try:
                 module.check(cfg)
             except UsageError as exc:
                 fail(command, str(exc))
+            except OmegaConfBaseException as exc:  # e.g. an interpolation in an override that does not resolve
+                fail(command, _compose_error(exc))
+    return multirun
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -104,7 +167,9 @@ def main(argv: list[str] | None = None) -> None:
     module = importlib.import_module(COMMANDS[command][0])
     overrides = _overrides(args)
     if overrides is not None:
-        _check_config(command, module, overrides)
+        multirun = _check_config(command, module, overrides) or bool({"-m", "--multirun"} & set(args))
+        if command == "train" and multirun and not any(o.lstrip("+").startswith("resume=") for o in overrides):
+            args = [*args, RESUME_IN_SWEEPS]  # sweep jobs continue their own folder when it holds last.pt
     sys.argv = [f"dnc {command}", *args]
     module.main()
 

@@ -161,6 +161,7 @@ class AnalyzeConfig:
     device: str = "auto"
     force: bool = False
     progress: bool = True
+    jobs: int = 1  # runs analysed in parallel (processes); with several GPUs, run i on GPU i mod #GPUs
 
 
 @dataclass
@@ -247,6 +248,7 @@ def validate_analyze(cfg: AnalyzeConfig) -> AnalyzeConfig:
     _need(all(p > 0 for p in cfg.nfa.powers), f"nfa.powers={cfg.nfa.powers} must be positive")
     _need(cfg.batch_size >= 1, f"batch_size={cfg.batch_size} must be >= 1")
     _need(cfg.gram_samples_per_class >= 0, f"gram_samples_per_class={cfg.gram_samples_per_class} must be >= 0")
+    _need(cfg.jobs >= 1, f"jobs={cfg.jobs} must be >= 1")
     validate_device(cfg.device)
     return cfg
 
@@ -260,3 +262,36 @@ def to_object(cfg: DictConfig, schema: type) -> Any:
 def to_plain(cfg: Any) -> dict:
     """A dataclass config as plain YAML-able data (enums as strings)."""
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
+
+
+@dataclass
+class ReportConfig:
+    """`dnc report`: the paper's claims judged from a run's (or a sweep's) tables. Every verdict threshold is here.
+
+    Falls are factors (before / after, so 10.0 = "fell tenfold"); shares are fractions of a log-NC drop."""
+
+    run_dir: str = "outputs"
+    nc1_form: str = "nc1_trace"  # the NC1 form the verdicts use (both forms are reported): nc1_trace | nc1
+    split: str = "train"  # split of the NC metrics judged (NFA is always train)
+    # 1. collapse through overtraining: NC1 of the last hidden layer falls >= collapse_factor from the first
+    # checkpoint to the end, and >= post_tpt_factor from the TPT checkpoint to the end
+    collapse_factor: float = 10.0
+    post_tpt_factor: float = 2.0
+    # 2, 3, 5: "most layers" = a share of layers (claim 2: of layer-to-layer steps) strictly above `majority`
+    majority: float = 0.5
+    # 3. a layer's collapse is linear when input -> right (S Vᵀ) carries >= linear_share of its log-NC1 drop
+    linear_share: float = 0.5
+    # 3, 5: a layer whose NC1 falls by less than this factor (input -> activation) has "no reduction": not judged
+    min_layer_fall: float = 1.05
+    # 4. NFA: the mean over layers of the final corr(WᵀW, AGOP^nfa_power) is >= nfa_min_corr, and it rose in training
+    nfa_min_corr: float = 0.8
+    nfa_power: float = 0.5
+    # 5. Deep RFM: NC1 and NC2 fall >= rfm_fall_factor from layer 1's input to the last layer's output, and in most
+    # layers input -> AGOP projection carries >= agop_share of the layer's log-NC1 drop
+    rfm_fall_factor: float = 10.0
+    agop_share: float = 0.5
+    # 6. random labels: TPT reached, and NC1 of the last hidden layer falls >= still_falling_factor after the TPT
+    still_falling_factor: float = 2.0
+
+
+cs.store(name="report_schema", node=ReportConfig)

@@ -31,6 +31,14 @@ from torch import Tensor
 
 GLOBAL_MEANS = ("unweighted", "weighted")
 FLOAT64_EPS = torch.finfo(torch.float64).eps
+# updates work through a batch in row chunks of ~8 MB of float64: the temporaries stay small and are reused by
+# the allocator (a fresh B x m float64 array per batch costs page faults that dominate at m ~ 10^4-10^5)
+CHUNK_ELEMENTS = 1 << 20
+
+
+def _row_chunks(num_features: int, num_rows: int):
+    rows = max(1, CHUNK_ELEMENTS // max(num_features, 1))
+    return (slice(start, start + rows) for start in range(0, num_rows, rows))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -85,9 +93,9 @@ class ClassMeans:
             self.sums = torch.zeros(self.num_classes, features.shape[1], dtype=torch.float64,
                                     device=features.device)
             self.counts = torch.zeros(self.num_classes, dtype=torch.int64, device=features.device)
-        features = features.to(device=self.sums.device, dtype=torch.float64)
         labels = labels.to(device=self.sums.device, dtype=torch.int64)
-        self.sums.index_add_(0, labels, features)
+        for rows in _row_chunks(features.shape[1], features.shape[0]):
+            self.sums.index_add_(0, labels[rows], features[rows].to(device=self.sums.device, dtype=torch.float64))
         self.counts += torch.bincount(labels, minlength=self.num_classes)
 
     def compute(self) -> ClassMeansResult:
@@ -140,6 +148,7 @@ class NeuralCollapse:
         self.centred_means_all = class_means.means - self.global_mean
         self.centred_means = self.centred_means_all[present]  # M~, (K, m)
         self.centred_sq_norms = self.centred_means.square().sum(1)
+        self.class_means = class_means.means
 
         # Sigma_B's non-zero eigenpairs from the thin SVD of M~ (see the class docstring)
         _, singular_values, right_vectors_t = torch.linalg.svd(self.centred_means, full_matrices=False)
@@ -152,6 +161,10 @@ class NeuralCollapse:
         kept = eigenvalues > cut_off
         self.between_eigenvalues = eigenvalues[kept]  # (r,)
         self.between_basis = right_vectors_t[kept].T.contiguous()  # Q, (m, r), orthonormal columns
+        # one GEMM per chunk serves both uses of the residuals r_i = h_i - mu_{y_i}: projections onto Q (NC1) and
+        # onto the centred means (nearest class centre, since (h - mu_G).mu~_k = r.mu~_k + mu~_y.mu~_k)
+        self.projection = torch.cat([self.between_basis, self.centred_means.T], 1)  # (m, r + K)
+        self.centred_means_gram = self.centred_means_all @ self.centred_means.T  # (K_all, K): mu~_y . mu~_k
 
         # running sums (tensors on self.device: no host sync per batch)
         self.scatter_per_class = torch.zeros(self.num_classes, dtype=torch.float64, device=self.device)
@@ -165,26 +178,26 @@ class NeuralCollapse:
     def update(self, features: Tensor, labels: Tensor, predictions: Tensor | None = None) -> None:
         """features (B, m), labels (B,); predictions (B,) = the network's argmax, needed only for nc4."""
         _check_batch(features, labels)
-        # centring on mu_G first keeps the distance expansion below free of cancellation under translation
-        centred = features.to(device=self.device, dtype=torch.float64) - self.global_mean
         labels = labels.to(device=self.device, dtype=torch.int64)
-
-        # within-class scatter, exactly: ||h_i - mu_{y_i}||^2 summed per class (no E[h^2] - mu^2 cancellation)
-        residuals = centred - self.centred_means_all[labels]
-        self.scatter_per_class.index_add_(0, labels, residuals.square().sum(1))
         self.counts += torch.bincount(labels, minlength=self.num_classes)
-        # diagonal of Q^T (sum_i r_i r_i^T) Q, for tr(Sigma_W Sigma_B^+)
-        self.projected_scatter += (residuals @ self.between_basis).square().sum(0)
-
-        # nearest class centre: argmin_k ||h - mu_k||^2 = argmin_k (||mu_k||^2 - 2 h.mu_k), one matmul
-        # (||h||^2 is the same for every k, so it is left out)
-        distances = self.centred_sq_norms - 2.0 * (centred @ self.centred_means.T)
-        nearest = self.present_classes[distances.argmin(1)]
-        self.ncc_correct += (nearest == labels).sum()
-        if predictions is not None:
-            predictions = predictions.to(device=self.device)
-            self.nc4_mismatches += (predictions != nearest).sum()
-            self.num_predicted += predictions.shape[0]
+        rank = self.between_basis.shape[1]
+        for rows in _row_chunks(features.shape[1], features.shape[0]):
+            y = labels[rows]
+            # within-class residuals, exactly: ||h_i - mu_{y_i}||^2 per class (no E[h^2] - mu^2 cancellation)
+            residuals = features[rows].to(device=self.device, dtype=torch.float64, copy=True)
+            residuals -= self.class_means[y]
+            self.scatter_per_class.index_add_(0, y, torch.linalg.vector_norm(residuals, dim=1).square())
+            projected = residuals @ self.projection
+            # diagonal of Q^T (sum_i r_i r_i^T) Q, for tr(Sigma_W Sigma_B^+)
+            self.projected_scatter += projected[:, :rank].square().sum(0)
+            # nearest class centre: argmin_k ||h - mu_k||^2 = argmin_k (||mu~_k||^2 - 2 (h - mu_G).mu~_k)
+            # (||h - mu_G||^2 is the same for every k, so it is left out)
+            distances = self.centred_sq_norms - 2.0 * (projected[:, rank:] + self.centred_means_gram[y])
+            nearest = self.present_classes[distances.argmin(1)]
+            self.ncc_correct += (nearest == y).sum()
+            if predictions is not None:
+                self.nc4_mismatches += (predictions[rows].to(self.device) != nearest).sum()
+                self.num_predicted += nearest.shape[0]
 
     def compute(self) -> dict[str, float]:
         if not torch.equal(self.counts, self.expected_counts.to(self.device)):
@@ -303,13 +316,19 @@ def nc3(classifier_weight: Tensor, class_means: ClassMeansResult, global_mean: s
 # Neural Feature Ansatz (PAPER.md, "AGOP and the NFA")
 
 
-def psd_power(matrix: Tensor, alpha: float) -> Tensor:
+def psd_eigh(matrix: Tensor) -> tuple[Tensor, Tensor]:
+    """eigh of a symmetric matrix in float64, symmetrised first (eigh reads one triangle only)."""
+    matrix = matrix.to(torch.float64)
+    return torch.linalg.eigh((matrix + matrix.T) / 2)
+
+
+def psd_power(matrix: Tensor, alpha: float, eigh: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """matrix^alpha (float64) for a symmetric PSD matrix, via eigh; negative eigenvalues (rounding noise of
-    an AGOP accumulated in floating point) are clamped to 0. alpha >= 0 (0 gives the identity)."""
+    an AGOP accumulated in floating point) are clamped to 0. alpha >= 0 (0 gives the identity). `eigh`: the
+    matrix's `psd_eigh`, when several powers of one matrix are needed (one decomposition serves them all)."""
     if alpha < 0:
         raise ValueError(f"psd_power needs alpha >= 0, got {alpha}")
-    matrix = matrix.to(torch.float64)
-    eigenvalues, eigenvectors = torch.linalg.eigh((matrix + matrix.T) / 2)  # symmetrise: eigh reads one half
+    eigenvalues, eigenvectors = psd_eigh(matrix) if eigh is None else eigh
     return (eigenvectors * eigenvalues.clamp_min(0.0) ** alpha) @ eigenvectors.T
 
 
@@ -322,7 +341,7 @@ def pearson(a: Tensor, b: Tensor) -> float:
     return float((a @ b) / (a.norm() * b.norm()))
 
 
-def nfa_correlation(weight: Tensor, agop: Tensor, alpha: float) -> float:
+def nfa_correlation(weight: Tensor, agop: Tensor, alpha: float, eigh: tuple[Tensor, Tensor] | None = None) -> float:
     """NFA: Pearson correlation of W^T W with AGOP^alpha. weight (m_out, m_in), agop (m_in, m_in)."""
     weight = weight.to(torch.float64)
-    return pearson(weight.T @ weight, psd_power(agop.to(weight.device), alpha))
+    return pearson(weight.T @ weight, psd_power(agop.to(weight.device), alpha, eigh))

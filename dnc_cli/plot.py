@@ -34,7 +34,7 @@ from dnc_cli.runs import atomic_path, find_runs
 
 __all__ = ["FIGURES", "RFM_FIGURES", "NotDrawable", "plot_run", "find_runs", "read_metrics", "tidy_metrics",
            "fig_nc_metrics", "fig_svd_nc1", "fig_nfa", "fig_layers", "fig_gram", "fig_training",
-           "fig_rfm_layers"]
+           "fig_rfm_layers", "plot_sweep", "read_sweep", "fig_compare", "SWEEP_FIGURES"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,9 @@ RFM_FIGURES = ("rfm_layers", "gram")  # deep_rfm runs
 NC1_FORMS = ("nc1", "nc1_trace")
 FORMATS = ("png", "pdf")
 METRICS_COLUMNS = ["epoch", "split", "layer", "stage", "metric", "value"]
+BAND_COLUMNS = ["std", "n"]
+SWEEP_FIGURES = ("compare",)  # sweeps only: one figure per swept parameter
+BAND_ALPHA = 0.2
 
 # axis labels: what each metric is, by its definition (mathtext, so every glyph exists in the default font)
 NC1_LABELS = {
@@ -84,7 +87,8 @@ def tidy_metrics(metrics: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in METRICS_COLUMNS if c not in metrics.columns]
     if missing:
         raise UsageError(f"metrics table lacks column(s) {', '.join(missing)}")
-    tidy = metrics[METRICS_COLUMNS].copy()
+    # sweep aggregates (dnc_cli.sweep) carry the spread over seeds: value = mean, std; figures draw it as bands
+    tidy = metrics[METRICS_COLUMNS + [c for c in BAND_COLUMNS if c in metrics.columns]].copy()
     tidy["stage"] = tidy["stage"].fillna("").astype(str)
     tidy["split"] = tidy["split"].astype(str)
     tidy["metric"] = tidy["metric"].astype(str)
@@ -148,6 +152,31 @@ def curve(rows: pd.DataFrame, x: str, positive: bool) -> tuple[np.ndarray, np.nd
     if positive:
         by_x = by_x[by_x > 0]
     return by_x.index.to_numpy(), by_x.to_numpy()
+
+
+def band(ax, xs, mean, std, colour, positive: bool) -> None:
+    """A mean ± std band. On log axes a lower edge at or below 0 is drawn one decade below the mean."""
+    xs, mean, std = np.asarray(xs, float), np.asarray(mean, float), np.nan_to_num(np.asarray(std, float))
+    if len(xs) == 0 or not std.any():
+        return
+    lower, upper = mean - std, mean + std
+    if positive:
+        lower = np.where(lower > 0, lower, mean / 10)
+    ax.fill_between(xs, lower, upper, color=colour, alpha=BAND_ALPHA, linewidth=0)
+
+
+def plot_curve(ax, rows: pd.DataFrame, x: str, positive: bool, **style) -> tuple[np.ndarray, np.ndarray]:
+    """curve() drawn on `ax` (marker="auto": marker_for its length), with its ± std band when the rows are a sweep
+    aggregate; returns the curve."""
+    xs, values = curve(rows, x, positive)
+    if style.get("marker") == "auto":
+        style["marker"] = marker_for(len(xs))
+    if len(xs):
+        line, = ax.plot(xs, values, **style)
+        if "std" in rows.columns:
+            std = rows.groupby(x)["std"].mean().reindex(xs).to_numpy()
+            band(ax, xs, values, std, line.get_color(), positive)
+    return xs, values
 
 
 def hidden_layers(metrics: pd.DataFrame) -> list[int]:
@@ -236,10 +265,11 @@ def fig_nc_metrics(metrics: pd.DataFrame, tpt_epoch: int | None = None,
         for split in splits:
             rows = select(metrics, metric, split)
             for layer in layers:
-                epochs, values = curve(rows[rows["layer"] == layer], "epoch", positive=not is_nc4)
+                layer_rows = rows[rows["layer"] == layer]
+                epochs, values = plot_curve(ax, layer_rows, "epoch", not is_nc4, color=colours[layer],
+                                            linestyle=SPLIT_STYLES[split], markersize=3, linewidth=1.4,
+                                            marker="auto")
                 if len(epochs):
-                    ax.plot(epochs, values, color=colours[layer], linestyle=SPLIT_STYLES[split],
-                            marker=marker_for(len(epochs)), markersize=3, linewidth=1.4)
                     drawn.append(values)
         ax.set_title(title, fontsize=11)
         ax.set_ylabel(ylabel)
@@ -294,10 +324,9 @@ def fig_svd_nc1(metrics: pd.DataFrame, tpt_epoch: int | None = None, nc1_form: s
         layer_rows = rows[rows["layer"] == layer]
         for stage in stages:
             label, colour = SVD_STAGES[stage]
-            epochs, values = curve(layer_rows[layer_rows["stage"] == stage], "epoch", positive=True)
-            if len(epochs):
-                ax.plot(epochs, values, color=colour, marker=marker_for(len(epochs)), markersize=3,
-                        linewidth=1.4, label=label)
+            stage_rows = layer_rows[layer_rows["stage"] == stage]
+            plot_curve(ax, stage_rows, "epoch", True, color=colour, marker="auto", markersize=3, linewidth=1.4,
+                       label=label)
         ax.set_title(f"Layer {layer}", fontsize=11)
         finish_epoch_axis(ax, log_y=True)
         mark_tpt(ax, tpt_epoch)
@@ -348,9 +377,8 @@ def fig_nfa(metrics: pd.DataFrame, train_log: pd.DataFrame | None = None, tpt_ep
                        ("tr_sb_over_st", r"$\mathrm{tr}(\Sigma_B)/\mathrm{tr}(\Sigma_T)$", "tab:cyan")]
     for metric, label, colour in variance_ratios:
         rows = select(metrics, metric, split)
-        epochs, values = curve(rows[rows["layer"] == last], "epoch", positive=True)
-        if len(epochs):
-            ax.plot(epochs, values, color=colour, marker=marker_for(len(epochs)), markersize=3, label=label)
+        rows = rows[rows["layer"] == last]
+        plot_curve(ax, rows, "epoch", True, color=colour, marker="auto", markersize=3, label=label)
     ax.set_title(f"Variance ratios, last hidden layer ({last}), {split}", fontsize=11)
     ax.set_ylabel("fraction of total variance")
     if ax.has_data():
@@ -365,9 +393,9 @@ def fig_nfa(metrics: pd.DataFrame, train_log: pd.DataFrame | None = None, tpt_ep
     nfa_layers = sorted(int(layer) for layer in nfa_rows["layer"].unique())
     colours, _ = layer_colours(nfa_layers)
     for layer in nfa_layers:
-        epochs, values = curve(nfa_rows[nfa_rows["layer"] == layer], "epoch", positive=False)
-        ax.plot(epochs, values, color=colours[layer], marker=marker_for(len(epochs)), markersize=3,
-                label=f"layer {layer}")
+        layer_rows = nfa_rows[nfa_rows["layer"] == layer]
+        plot_curve(ax, layer_rows, "epoch", False, color=colours[layer], markersize=3, label=f"layer {layer}",
+                   marker="auto")
     ax.set_ylim(0, 1.02)
     power = {"0.5": "1/2"}.get(alpha, alpha)
     nfa_title = r"Neural feature ansatz: corr($W_l^\top W_l$, $\mathrm{AGOP}_l^{" + power + "}$)"
@@ -385,6 +413,9 @@ def fig_nfa(metrics: pd.DataFrame, train_log: pd.DataFrame | None = None, tpt_ep
         losses = losses[losses["train_loss"] > 0].sort_values("epoch")
         ax.plot(losses["epoch"], losses["train_loss"], color="black", marker=marker_for(len(losses)),
                 markersize=3)
+        if "train_loss_std" in train_log.columns:
+            loss_std = train_log.set_index("epoch")["train_loss_std"].reindex(losses["epoch"]).to_numpy()
+            band(ax, losses["epoch"], losses["train_loss"], loss_std, "black", positive=True)
         ax.set_title("Training loss", fontsize=11)
         ax.set_ylabel("train loss")
         finish_epoch_axis(ax, log_y=True)
@@ -429,9 +460,9 @@ def fig_layers(metrics: pd.DataFrame, tpt_epoch: int | None = None, nc1_form: st
                                       (axes[1], "nc2", "NC2 across depth", NC2_LABEL)]:
         rows = select(own, metric)
         for epoch, roles in checkpoints.items():
-            layers, values = curve(rows[rows["epoch"] == epoch], "layer", positive=True)
             colour = CHECKPOINT_COLOURS[roles.split(" = ")[-1]]
-            ax.plot(layers, values, color=colour, marker="o", markersize=4, label=f"{roles} (epoch {epoch})")
+            plot_curve(ax, rows[rows["epoch"] == epoch], "layer", True, color=colour, marker="o", markersize=4,
+                       label=f"{roles} (epoch {epoch})")
         ax.set_title(title, fontsize=11)
         ax.set_xlabel("layer $l$ (0 = input)")
         ax.set_ylabel(ylabel)
@@ -531,6 +562,9 @@ def fig_training(train_log: pd.DataFrame, tpt_epoch: int | None = None) -> Figur
             if len(rows):
                 ax.plot(rows["epoch"], rows[column], color=colour, linestyle=SPLIT_STYLES[split],
                         marker=marker_for(len(rows)), markersize=3, label=split)
+                if f"{column}_std" in log_rows.columns:
+                    column_std = log_rows.set_index("epoch")[f"{column}_std"].reindex(rows["epoch"]).to_numpy()
+                    band(ax, rows["epoch"], rows[column], column_std, colour, positive=log_y)
         ax.set_ylabel(ylabel)
         ax.set_title(ylabel.capitalize(), fontsize=11)
         if not ax.has_data():
@@ -571,6 +605,8 @@ def fig_rfm_layers(metrics: pd.DataFrame, nc1_form: str = "nc1_trace", split: st
         by_point = metric_rows.groupby(["layer", "stage"])["value"].mean()
         points = sorted((position[key], value) for key, value in by_point.items()
                         if key in position and np.isfinite(value) and value > 0)
+        std_by_point = (metric_rows.groupby(["layer", "stage"])["std"].mean() if "std" in metric_rows.columns
+                        else pd.Series(dtype=float))
         if not points:
             no_data(ax, metric)
             ax.set_ylabel(ylabel)
@@ -583,6 +619,12 @@ def fig_rfm_layers(metrics: pd.DataFrame, nc1_form: str = "nc1_trace", split: st
             if stage_points:
                 ax.scatter(*zip(*stage_points, strict=True), color=colour, marker=marker, s=28, zorder=2,
                            label=label)
+                errors = np.nan_to_num([std_by_point.get((layers[x // 3], stage), np.nan) for x, _ in stage_points])
+                if errors.any():  # a sweep aggregate: ± std over seeds, floored one decade below as band() does
+                    xs, ys = (np.array(v, float) for v in zip(*stage_points, strict=True))
+                    lower = np.where(ys - errors > 0, errors, ys - ys / 10)
+                    ax.errorbar(xs, ys, yerr=[lower, errors], fmt="none", ecolor=colour, elinewidth=1.0, capsize=2,
+                                zorder=2)
         ax.set_yscale("log")
         ax.set_ylabel(ylabel)
         ax.grid(True, axis="y", alpha=0.3)
@@ -629,7 +671,7 @@ def check_options(figures: list[str] | None, nc1_form: str, formats: tuple[str, 
             raise UsageError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
     if not isinstance(dpi, int) or dpi <= 0:
         raise UsageError(f"dpi={dpi} must be a positive integer")
-    valid = list(dict.fromkeys(FIGURES + RFM_FIGURES))
+    valid = list(dict.fromkeys(FIGURES + RFM_FIGURES + SWEEP_FIGURES))
     for name in figures or []:
         if name not in valid:
             raise UsageError(f"unknown figure {name!r}; valid figures: {', '.join(valid)}")
@@ -697,3 +739,266 @@ def plot_run(run_dir: Path, figures: list[str] | None = None, nc1_form: str = "n
             continue
         written += save(fig, run_dir / "figures" / name, formats, dpi)
     return written
+
+
+# -----------------------------------------------------------------------------
+# sweeps (the tables of dnc_cli.sweep): the figures above with ± std bands over seeds, and one comparison per
+# swept parameter
+
+SWEEP_RUN_FIGURES = ("nc_metrics", "svd_nc1", "nfa", "layers", "training")  # network sweeps, per combination
+SWEEP_RFM_FIGURES = ("rfm_layers",)
+SEED_KEY = "seed"
+COMPARE_METRICS = ("nc2", "nc3", "nc4")  # after the chosen NC1 form
+MAX_COMPARE_ROWS = 4  # more combinations of the remaining parameters are pooled into one row
+
+
+def read_sweep(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """runs.csv, aggregated_metrics.csv and the swept keys (runs.csv's columns between `run` and `status`)."""
+    analysis = Path(sweep_dir) / "analysis"
+    paths = [analysis / "runs.csv", analysis / "aggregated_metrics.csv"]
+    if not all(p.is_file() for p in paths):
+        raise UsageError(f"no sweep analysis in {sweep_dir}: run `dnc analyze run_dir={sweep_dir}` first")
+    runs = pd.read_csv(paths[0], dtype={"run": str, "status": str, "problem": str}, keep_default_na=False,
+                       na_values=[""])
+    columns = list(runs.columns)
+    keys = columns[1:columns.index("status")]
+    aggregated = pd.read_csv(paths[1], dtype={"stage": str, "split": str, "metric": str}, keep_default_na=False,
+                             na_values={c: [""] for c in ("mean", "std", *keys)})
+    aggregated["stage"] = aggregated["stage"].fillna("")
+    return runs, aggregated, keys
+
+
+def _combos(frame: pd.DataFrame, by: list[str]) -> list[tuple[dict, pd.DataFrame]]:
+    if not by:
+        return [({}, frame)]
+    out = []
+    for combo, part in frame.groupby(by, dropna=False, sort=True):
+        combo = combo if isinstance(combo, tuple) else (combo,)
+        out.append((dict(zip(by, combo)), part))
+    return out
+
+
+def _matches(frame: pd.DataFrame, combo: dict) -> pd.Series:
+    mask = pd.Series(True, index=frame.index)
+    for key, value in combo.items():
+        mask &= frame[key].isna() if pd.isna(value) else frame[key] == value
+    return mask
+
+
+def short_name(key: str, keys: list[str] | None = None) -> str:
+    """A swept key's last component (dataset.labels.random_fraction -> random_fraction) unless another key of the
+    sweep ends the same way."""
+    last = key.rsplit(".", 1)[-1]
+    clash = [k for k in keys or [] if k != key and k.rsplit(".", 1)[-1] == last]
+    return key if clash else last
+
+
+def _label(combo: dict) -> str:
+    keys = list(combo)
+    return ", ".join(f"{short_name(k, keys)}={_value(v)}" for k, v in combo.items())
+
+
+def _value(v) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v)) if abs(v) >= 1 or v == 0 else str(v)
+    return str(v)
+
+
+def common_epochs(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows of checkpoints every run of the combination has (a seed's own TPT checkpoint is dropped), when
+    at least two epochs (or the only one) remain; otherwise all rows."""
+    full = rows[rows["n"] >= rows["n_runs"]]
+    if full["epoch"].nunique() >= min(2, rows["epoch"].nunique()):
+        return full
+    return rows
+
+
+def aggregate_train_logs(sweep_dir: Path, run_folders: list[str]) -> pd.DataFrame | None:
+    """Mean and std over runs of every train_log.csv column, per epoch that all the runs logged."""
+    logs = [read_train_log(Path(sweep_dir) / run) for run in run_folders if isinstance(run, str) and run]
+    logs = [log_ for log_ in logs if log_ is not None]
+    if not logs:
+        return None
+    stacked = pd.concat(logs, ignore_index=True)
+    counts = stacked.groupby("epoch").size()
+    stacked = stacked[stacked["epoch"].isin(counts[counts == len(logs)].index)]
+    if stacked.empty:
+        return None
+    grouped = stacked.groupby("epoch")
+    table = grouped.mean().reset_index()
+    stds = grouped.std(ddof=1).add_suffix("_std").reset_index(drop=True)
+    return pd.concat([table, stds], axis=1)
+
+
+def _append_title(fig: Figure, text: str) -> None:
+    title = fig._suptitle.get_text() if getattr(fig, "_suptitle", None) is not None else ""
+    fig.suptitle(f"{title}\n{text}" if title else text)
+
+
+def fig_compare(metrics: pd.DataFrame, param: str, keys: list[str], nc1_form: str = "nc1_trace",
+                split: str = "train") -> Figure:
+    """NC metrics of the last hidden layer against epoch (or layer, for single-checkpoint runs such as Deep RFM),
+    one line per value of `param`, mean ± std over the runs that share it (seeds, and any pooled parameters);
+    one row of panels per combination of the other swept parameters (pooled beyond MAX_COMPARE_ROWS)."""
+    metrics = metrics[metrics["split"] == split]
+    if metrics.empty:
+        raise NotDrawable(f"no rows for split={split}")
+    others = [k for k in keys if k not in (param, SEED_KEY)]
+    row_combos = _combos(metrics, others)
+    if len(row_combos) > MAX_COMPARE_ROWS:
+        row_combos = [({}, metrics)]
+    names = [m for m in (nc1_form, *COMPARE_METRICS) if m in set(metrics["metric"])]
+    if not names:
+        raise NotDrawable(f"no {nc1_form}/nc2/nc3/nc4 rows")
+    by_epoch = metrics["epoch"].nunique() > 1
+    x = "epoch" if by_epoch else "layer"
+    name = short_name(param, keys)
+    values = sorted(metrics[param].dropna().unique().tolist(), key=lambda v: (isinstance(v, str), v))
+    if metrics[param].isna().any():
+        values.append(np.nan)
+    shades = matplotlib.colormaps["viridis"](np.linspace(0.0, 0.85, max(len(values), 2)))
+    labels = {NC1_LABELS.get(nc1_form, nc1_form): nc1_form, NC2_LABEL: "nc2", NC3_LABEL: "nc3",
+              NC4_LABEL: "nc4"}
+    ylabels = {metric: label for label, metric in labels.items()}
+
+    fig = Figure(figsize=(3.6 * len(names) + 0.8, 3.2 * len(row_combos) + 1.0), layout="constrained")
+    axes = fig.subplots(len(row_combos), len(names), squeeze=False)
+    for r, (combo, part) in enumerate(row_combos):
+        for c, metric in enumerate(names):
+            ax = axes[r, c]
+            is_nc4 = metric == "nc4"
+            for colour, value in zip(shades, values, strict=False):
+                line_rows = part[(part[param].isna() if pd.isna(value) else part[param] == value)
+                                 & (part["metric"] == metric)]
+                own = line_rows[line_rows["stage"] == ""]
+                if own.empty:  # Deep RFM: the layer's stage closest to its output
+                    for stage in ("activation", "agop", "input"):
+                        own = line_rows[line_rows["stage"] == stage]
+                        if not own.empty:
+                            break
+                if own.empty:
+                    continue
+                if by_epoch:
+                    own = own[own["layer"] == own["layer"].max()]
+                per_run = own.groupby(["run", x])["value"].mean().reset_index()
+                stats = per_run.groupby(x)["value"].agg(value="mean", std="std", n="count").reset_index()
+                runs_here = per_run["run"].nunique()
+                full = stats[stats["n"] == runs_here]
+                stats = full if len(full) >= min(2, len(stats)) else stats
+                plot_curve(ax, stats, x, not is_nc4, color=colour, marker="auto", markersize=3, linewidth=1.4,
+                           label=f"{name}={_value(value)} ({runs_here} run{'s' if runs_here != 1 else ''})")
+            title = metric.upper().replace("_TRACE", "")
+            ax.set_title(title + (f" ({_label(combo)})" if combo else ""), fontsize=10)
+            ax.set_ylabel(ylabels.get(metric, metric))
+            if not ax.has_data():
+                no_data(ax, metric)
+            elif is_nc4:
+                ax.set_yscale("symlog", linthresh=1e-3)
+            if by_epoch:
+                finish_epoch_axis(ax, log_y=not is_nc4)
+            else:
+                ax.set_xlabel("layer $l$")
+                ax.grid(True, alpha=0.3)
+                if ax.has_data() and not is_nc4:
+                    ax.set_yscale("log")
+    handles, legend_labels = [], []
+    for ax in axes.ravel():
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            if label not in legend_labels:
+                handles.append(handle)
+                legend_labels.append(label)
+    fig.legend(handles, legend_labels, loc="outside lower center", ncol=min(len(handles), 4), frameon=False)
+    where = "last hidden layer, against epoch" if by_epoch else "against layer"
+    fig.suptitle(f"Neural collapse for each {name} ({where}; {split} split; mean ± std over seeds)")
+    return fig
+
+
+def _safe(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "=,._-+" else "_" for ch in text)
+
+
+def _slug(combo: dict) -> str:
+    return _safe(_label(combo).replace(", ", ","))
+
+
+def plot_sweep(sweep_dir: Path, figures: list[str] | None = None, nc1_form: str = "nc1_trace",
+               split: str = "train", formats: tuple[str, ...] = ("png", "pdf"), dpi: int = 150) -> list[Path]:
+    """A sweep's figures, from `dnc analyze`'s sweep tables, into <sweep>/figures/:
+
+    - per combination of the non-seed swept values (in <sweep>/figures/<key=value,...>/, or directly in figures/
+      when only seeds vary): nc_metrics, svd_nc1, nfa, layers and training (Deep RFM: rfm_layers), each curve the
+      mean over seeds with a ± std band, on the checkpoints every seed has;
+    - compare_<key>.png for every swept key but the seed: NC metrics of the last hidden layer, one line per value.
+    """
+    sweep_dir = Path(sweep_dir)
+    formats = tuple(formats)
+    check_options(figures, nc1_form, formats, dpi)
+    runs, aggregated, keys = read_sweep(sweep_dir)
+    by = [k for k in keys if k != SEED_KEY]
+    if aggregated.empty:
+        raise UsageError(f"the sweep {sweep_dir} has no analysed run yet: run `dnc analyze run_dir={sweep_dir}`")
+    splits = sorted(aggregated["split"].unique())
+    if split not in splits:
+        raise UsageError(f"split={split} is not in {sweep_dir}/analysis/aggregated_metrics.csv "
+                         f"(it has: {', '.join(splits)})")
+    wanted = set(figures) if figures is not None else None
+    written: list[Path] = []
+    for combo, rows in _combos(aggregated, by):
+        rows = common_epochs(rows)
+        metrics = rows.rename(columns={"mean": "value"})
+        members = runs[_matches(runs, combo) & (runs["status"] != "missing")] if by else runs[
+            runs["status"] != "missing"]
+        n_seeds = int(rows["n_runs"].max()) if len(rows) else 0
+        tpts = pd.to_numeric(members["tpt_epoch"], errors="coerce").dropna()
+        tpt_epoch = int(tpts.median()) if len(tpts) and len(tpts) == len(members) else None
+        summaries = [read_summary(sweep_dir / run) for run in members["run"] if isinstance(run, str) and run]
+        rfm = (any(is_rfm_run(summary, metrics) for summary in summaries if summary) if any(summaries)
+               else not (metrics["stage"].eq("") & metrics["metric"].isin(NC1_FORMS)).any())
+        names = SWEEP_RFM_FIGURES if rfm else SWEEP_RUN_FIGURES
+        out_dir = sweep_dir / "figures" / _slug(combo) if combo else sweep_dir / "figures"
+        train_log = None if rfm else aggregate_train_logs(sweep_dir, members["run"].tolist())
+        for name in names:
+            if wanted is not None and name not in wanted:
+                continue
+            try:
+                if name == "nc_metrics":
+                    fig = fig_nc_metrics(metrics, tpt_epoch, nc1_form)
+                elif name == "svd_nc1":
+                    fig = fig_svd_nc1(metrics, tpt_epoch, nc1_form, split)
+                elif name == "nfa":
+                    fig = fig_nfa(metrics, train_log, tpt_epoch, split)
+                elif name == "layers":
+                    fig = fig_layers(metrics, tpt_epoch, nc1_form, split)
+                elif name == "training":
+                    if train_log is None:
+                        raise NotDrawable("no train_log.csv common to the runs")
+                    fig = fig_training(train_log, tpt_epoch)
+                else:
+                    fig = fig_rfm_layers(metrics, nc1_form, split)
+            except NotDrawable as reason:
+                log.warning("skipping sweep figure %s for %s: %s", name, _label(combo) or sweep_dir, reason)
+                continue
+            seeds = f"mean ± std over {n_seeds} seed{'s' if n_seeds != 1 else ''}"
+            _append_title(fig, f"{_label(combo)}; {seeds}" if combo else seeds)
+            written += save(fig, out_dir / name, formats, dpi)
+    if by and (wanted is None or "compare" in wanted):
+        per_run = _read_sweep_metrics(sweep_dir, keys)
+        for param in by:
+            if per_run[param].nunique(dropna=False) < 2:
+                continue
+            try:
+                fig = fig_compare(per_run, param, keys, nc1_form, split)
+            except NotDrawable as reason:
+                log.warning("skipping sweep figure compare_%s: %s", param, reason)
+                continue
+            stem = "compare_" + _safe(short_name(param, by)).replace(".", "_")  # save() takes a suffix-free stem
+            written += save(fig, sweep_dir / "figures" / stem, formats, dpi)
+    return written
+
+
+def _read_sweep_metrics(sweep_dir: Path, keys: list[str]) -> pd.DataFrame:
+    path = Path(sweep_dir) / "analysis" / "metrics.csv"
+    table = pd.read_csv(path, dtype={"run": str, "stage": str, "split": str, "metric": str}, keep_default_na=False,
+                        na_values={c: [""] for c in ("value", *keys)})
+    table["stage"] = table["stage"].fillna("")
+    return table
