@@ -20,6 +20,8 @@ from pathlib import Path
 from dnc_cli.errors import UsageError
 
 CONFIG_FILE = "config_resolved.yaml"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 @contextlib.contextmanager
@@ -31,6 +33,7 @@ def atomic_path(path: Path):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the file the permissions open() would
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

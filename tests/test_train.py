@@ -267,3 +267,14 @@ def test_wheel_contains_configs(tmp_path):
                             cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "name: digits" in result.stdout and "width: 512" in result.stdout
+
+
+def test_atomic_writes_keep_normal_permissions(tmp_path):
+    import os
+
+    from dnc_cli.runs import write_text
+
+    write_text(tmp_path / "a.txt", "x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
