@@ -28,7 +28,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
-	$(PY) bench/bench_analyze.py
+	$(PY) bench/bench_analyze.py; status=$$?; $(PY) bench/bench_rfm.py && exit $$status
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

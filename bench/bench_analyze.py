@@ -1,18 +1,20 @@
-"""`make bench`: dnc's analysis against the official algorithm (bench/official_baseline.py), in one process.
+"""`make bench` (part 1): dnc's analysis against the official algorithm (bench/official_baseline.py), in one process.
 
 1. analyze: a 5-hidden-layer width-512 MLP on 8,000 MNIST-shaped Gaussian-mixture samples, train split,
    families nc + svd + nfa. dnc's `analyze_checkpoint` vs the official algorithm vs the floor (one forward +
-   K backward passes + the per-layer g^T g products). Targets: >= 10x faster than the baseline, <= 2x the
+   the K backward passes + the per-layer g^T g products). Targets: >= 10x faster than the baseline, <= 2x the
    floor, equal metrics (nc1 / nc1_trace / NFA to 1e-5 relative; NFA with AGOP^1/2 to 5e-5, see below).
-2. nc1-16k: NC1 at m = 16,384, N = 10,000, K = 10: dnc's ClassMeans + NeuralCollapse vs full Sigma_W / Sigma_B
-   and the svds pseudo-inverse. Targets: >= 30x faster, equal to 1e-6 relative (against a float64 reference).
+2. nc1-16k: NC1 at m = 16,384, N = 10,000, K = 10: dnc's ClassMeans + NeuralCollapse vs the official statistics
+   (per-sample grouping, full Sigma_B / Sigma_W / Sigma_T) and Papyan's svds pseudo-inverse with the m^3 product.
+   Targets: >= 30x faster, equal to 1e-6 relative (against a float64 reference).
 3. nc1-64k: m = 65,536, N = 10,000, K = 10 in a fresh subprocess, features regenerated batch by batch from a
    seed: dnc's NC1 must peak under 4 GB RSS.
 
-Timings are repeated back to back in this process and the minimum is kept (the cores are shared). Proposed dnc
-changes (class `Proposals`, P1-P6) are measured by patching dnc's functions for single runs; dnc's files are not
-edited. Exit status 1 when a target of unpatched dnc is missed. `--quick`: a smoke version with small sizes
-(targets not enforced). `--profile`: also print torch.profiler's op table of one dnc analysis.
+Timings are repeated back to back in this process and the minimum is kept (the cores are shared). Experiments
+that are NOT merged into dnc are labelled so: P2 (eigh single-threaded, a micro-benchmark), P4 (an eigenvalue
+cut-off for NFA with AGOP^1/2, a precision check) and P5 (the AGOP from pre-activation gradients, a floor
+variant). Exit status 1 when a target is missed. `--quick`: a smoke version with small sizes (targets not
+enforced). `--profile`: also print torch.profiler's op table of one dnc analysis.
 """
 
 from __future__ import annotations
@@ -48,7 +50,6 @@ QUICK = dict(n=1000, depth=3, width=128, classes=10, repeats=2, baseline_repeats
              m2=2048, n2=2000, m3=8192, n3=2000, batch=500)
 TARGETS = dict(speedup_analyze=10.0, floor_factor=2.0, agree_analyze=1e-5, agree_nfa_half=5e-5, speedup_nc1=30.0,
                agree_nc1=1e-6, rss_gb=4.0)
-CHUNK_ELEMENTS = 1 << 20  # P6: rows per chunk = CHUNK_ELEMENTS // m, i.e. 8 MB float64 temporaries
 
 
 def load():
@@ -80,123 +81,6 @@ def runs(values):
     return " ".join(f"{v:.2f}" for v in values)
 
 
-# ------------------------------------------------------------------------------------------- proposed changes
-def _cm_update_chunked(self, features, labels):
-    """P6 for ClassMeans.update: the batch in row chunks of ~8 MB float64, so the float64 copy is small and
-    reused by the allocator instead of a fresh B x m mapping (page faults) per batch."""
-    rows = max(1, CHUNK_ELEMENTS // max(features.shape[1], 1))
-    for start in range(0, features.shape[0], rows):
-        _ORIGINAL["ClassMeans.update"](self, features[start:start + rows], labels[start:start + rows])
-
-
-def _nc_update_chunked(self, features, labels, predictions=None):
-    """P6 for NeuralCollapse.update: row chunks of ~8 MB float64; one temporary (the residuals, made in place);
-    ||r||^2 by vector_norm (no squared copy); ONE GEMM r @ [Q | M~^T] gives both the projections onto span
-    Sigma_B and the nearest-class-centre scores, since (h - mu_G).mu~_k = r.mu~_k + mu~_y.mu~_k (a K x K Gram)."""
-    from dnc_cli.metrics import _check_batch
-
-    _check_batch(features, labels)
-    if not hasattr(self, "_p6"):
-        fused = torch.cat([self.between_basis, self.centred_means.T], 1)  # (m, r + K)
-        gram = self.centred_means_all @ self.centred_means.T  # (K_all, K): mu~_y . mu~_k
-        self._p6 = (fused, gram, self.centred_means_all + self.global_mean)
-    fused, gram, means = self._p6
-    rank = self.between_basis.shape[1]
-    labels = labels.to(device=self.device, dtype=torch.int64)
-    if predictions is not None:
-        predictions = predictions.to(self.device)
-    rows = max(1, CHUNK_ELEMENTS // max(features.shape[1], 1))
-    for start in range(0, features.shape[0], rows):
-        y = labels[start:start + rows]
-        residuals = features[start:start + rows].to(device=self.device, dtype=torch.float64)
-        residuals -= means[y]
-        self.scatter_per_class.index_add_(0, y, torch.linalg.vector_norm(residuals, dim=1).square())
-        self.counts += torch.bincount(y, minlength=self.num_classes)
-        projected = residuals @ fused
-        self.projected_scatter += projected[:, :rank].square().sum(0)
-        distances = self.centred_sq_norms - 2.0 * (projected[:, rank:] + gram[y])
-        nearest = self.present_classes[distances.argmin(1)]
-        self.ncc_correct += (nearest == y).sum()
-        if predictions is not None:
-            chunk_predictions = predictions[start:start + rows]
-            self.nc4_mismatches += (chunk_predictions != nearest).sum()
-            self.num_predicted += chunk_predictions.shape[0]
-
-
-_ORIGINAL = {"ClassMeans.update": ClassMeans.update, "NeuralCollapse.update": NeuralCollapse.update}
-
-
-class Proposals:
-    """Proposed changes to dnc, measured by patching its functions for one run (dnc's files are not edited):
-
-    P1  one eigh per AGOP, shared by AGOP^1/2 and every NFA power (dnc does 1 + len(powers) eighs per layer);
-    P2  eigh single-threaded (MKL's threaded eigh is slower at d <= 1024, and stalls on shared cores);
-    P3  agop_update: the K backward passes as ONE batched backward (autograd.grad(..., is_grads_batched=True)
-        with the K one-hot grad_outputs), then one (K*B, d)^T (K*B, d) product per layer;
-    P6  ClassMeans / NeuralCollapse updates in ~8 MB row chunks with one fused GEMM (see _nc_update_chunked).
-    (P4, an eigenvalue cut-off in psd_power, and P5, the AGOP from pre-activation gradients, are measured
-    separately: see nfa_precision and floor_preact.)
-    """
-
-    def __init__(self, *names):
-        self.names = set(names)
-        self.cache, self.saved = {}, []
-
-    def eigh(self, matrix):
-        if "P2" not in self.names:
-            return torch.linalg.eigh(matrix)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return torch.linalg.eigh(matrix)
-        finally:
-            torch.set_num_threads(threads)
-
-    def power(self, matrix, alpha):
-        key = (matrix.data_ptr(), tuple(matrix.shape))
-        if "P1" not in self.names or key not in self.cache:
-            m = matrix.to(torch.float64)
-            self.cache[key] = (matrix, self.eigh((m + m.T) / 2))  # holding `matrix` keeps data_ptr unique
-        _, (values, vectors) = self.cache[key]
-        return (vectors * values.clamp_min(0.0) ** alpha) @ vectors.T
-
-    def nfa(self, weight, agop, alpha):
-        weight = weight.to(torch.float64)
-        return pearson(weight.T @ weight, self.power(agop, alpha))
-
-    @staticmethod
-    def agop_update(model, h0, agops):
-        h0 = h0.detach().requires_grad_(True)
-        with torch.enable_grad():
-            trace = model.trace(h0)
-            n, k = trace.logits.shape
-            basis = torch.eye(k, dtype=trace.logits.dtype, device=h0.device).unsqueeze(1).expand(k, n, k)
-            grads = torch.autograd.grad(trace.logits, trace.inputs, grad_outputs=basis, is_grads_batched=True)
-            for agop, grad in zip(agops, grads):  # grad (K, B, d)
-                grad = grad.reshape(-1, grad.shape[-1])
-                agop += (grad.T @ grad).double()
-        return trace
-
-    def __enter__(self):
-        patches = []
-        if self.names & {"P1", "P2"}:
-            patches += [(dnc_analyze, "psd_power", self.power), (dnc_analyze, "nfa_correlation", self.nfa)]
-        if "P3" in self.names:
-            patches.append((dnc_analyze, "agop_update", self.agop_update))
-        if "P6" in self.names:
-            patches += [(ClassMeans, "update", _cm_update_chunked), (NeuralCollapse, "update", _nc_update_chunked)]
-        for owner, name, fn in patches:
-            self.saved.append((owner, name, getattr(owner, name)))
-            setattr(owner, name, fn)
-        return self
-
-    def __exit__(self, *exc):
-        for owner, name, fn in reversed(self.saved):
-            setattr(owner, name, fn)
-        self.saved.clear()
-        self.cache.clear()
-
-
 # ------------------------------------------------------------------------------------------- 1. analyze
 def mixture(n: int, num_classes: int, seed: int):
     """MNIST-shaped (N, 1, 28, 28) Gaussian mixture: class means plus isotropic noise."""
@@ -223,29 +107,15 @@ def trained_mlp(x, labels, num_classes: int, depth: int, width: int, seed: int, 
     return model.eval()
 
 
-def floor_pass(model, x, batch_size: int):
-    """The floor: one forward + K backward passes (w.r.t. every layer's input) + the per-layer g^T g
-    products, summed in float64 -- the least work an all-layer AGOP by autograd does. Nothing else."""
-    agops = [torch.zeros(l.in_features, l.in_features, dtype=torch.float64) for l in model.layers]
-    for start in range(0, len(x), batch_size):
-        with torch.no_grad():
-            h0 = model.embed(x[start:start + batch_size])
-        h0.requires_grad_(True)
-        with torch.enable_grad():
-            trace = model.trace(h0)
-            num_classes = trace.logits.shape[1]
-            for c in range(num_classes):
-                grads = torch.autograd.grad(trace.logits[:, c].sum(), trace.inputs, retain_graph=c < num_classes - 1)
-                for agop, grad in zip(agops, grads):
-                    agop += (grad.T @ grad).double()
-    return agops
+def floor_pass(model, x, batch_size: int, preact: bool = False):
+    """The floor: one forward + the K backward passes (one batched backward with the K one-hot grad_outputs, as
+    dnc's agop_update does) w.r.t. every layer's input + the per-layer g^T g products summed in float64 -- the
+    least work an all-layer AGOP by autograd does. Nothing else.
 
-
-def floor_batched(model, x, batch_size: int, preact: bool = False):
-    """The floor with P3 (one batched backward for the K outputs) and, with preact=True, P5: gradients w.r.t.
-    the pre-activations W_l h_{l-1} instead of the inputs h_{l-1}; then AGOP_l = W_l^T P_l W_l with the
-    m_l x m_l P_l = sum g~^T g~, formed once at the end. Skips the backward matmul into h_0 and shrinks layer 1's
-    product from d_0^2 = 784^2 to m_1^2 = 512^2 per gradient row (Linear layers only: d h_in = W^T d pre)."""
+    preact=True is P5 (not merged into dnc): gradients w.r.t. the pre-activations W_l h_{l-1} instead of the
+    inputs h_{l-1}, then AGOP_l = W_l^T P_l W_l with the m_l x m_l P_l = sum g~^T g~, formed once at the end. It
+    skips the backward matmul into h_0 and shrinks layer 1's product from d_0^2 = 784^2 to m_1^2 = 512^2 per
+    gradient row (Linear layers only: d h_in = W^T d pre)."""
     layers = model.layers
     sums = [torch.zeros(*(2 * [l.out_features if preact else l.in_features]), dtype=torch.float64) for l in layers]
     for start in range(0, len(x), batch_size):
@@ -258,9 +128,9 @@ def floor_batched(model, x, batch_size: int, preact: bool = False):
             basis = torch.eye(k, dtype=trace.logits.dtype).unsqueeze(1).expand(k, n, k)
             wrt = trace.preacts if preact else trace.inputs
             grads = torch.autograd.grad(trace.logits, wrt, grad_outputs=basis, is_grads_batched=True)
-            for total, grad in zip(sums, grads):
-                grad = grad.reshape(-1, grad.shape[-1])
-                total += (grad.T @ grad).double()
+        for total, grad in zip(sums, grads):
+            grad = grad.reshape(-1, grad.shape[-1])
+            total += (grad.T @ grad).double()
     if not preact:
         return sums
     return [l.weight.detach().double().T @ p @ l.weight.detach().double() for l, p in zip(layers, sums)]
@@ -337,7 +207,7 @@ class PhaseTimer:
         setattr(owner, name, wrapper)
 
     def __enter__(self):
-        self.wrap(dnc_analyze, "agop_update", "sweep 1: forward + K backward + g^T g (agop_update)")
+        self.wrap(dnc_analyze, "agop_update", "sweep 1: forward + batched K backward + g^T g (agop_update)")
         self.wrap(dnc_analyze, "_no_grad_trace", "sweep 1: forward (no AGOP)")
         self.wrap(dnc_analyze, "representations", "right / agop stage matmuls (representations)")
         self.wrap(ClassMeans, "update", "ClassMeans.update")
@@ -345,8 +215,9 @@ class PhaseTimer:
         self.wrap(NeuralCollapse, "__init__", "NeuralCollapse.__init__ (SVD of means)")
         self.wrap(NeuralCollapse, "update", "NeuralCollapse.update")
         self.wrap(NeuralCollapse, "compute", "NeuralCollapse.compute")
-        self.wrap(dnc_analyze, "psd_power", "AGOP^1/2 (psd_power: 1 eigh per layer)")
-        self.wrap(dnc_analyze, "nfa_correlation", "NFA correlations (nfa_correlation: 1 eigh per layer and power)")
+        self.wrap(dnc_analyze, "psd_eigh", "eigh of each AGOP (psd_eigh: 1 per layer)")
+        self.wrap(dnc_analyze, "psd_power", "AGOP^1/2 from its eigh (psd_power)")
+        self.wrap(dnc_analyze, "nfa_correlation", "NFA correlations (nfa_correlation, from the eigh)")
         self.wrap(dnc_analyze, "nc3", "nc3")
         return self
 
@@ -365,9 +236,10 @@ def nfa_half(weight, agop, cut=0.0):
 
 
 def nfa_precision(model, x, batch_size, dnc_agops, base_agops):
-    """Float64 ground truth for NFA(AGOP^1/2): the AGOPs of a float64 copy of the model. Both sides accumulate
-    float32 gradient products, and the square root magnifies that rounding in the AGOP's near-null space.
-    P4: eigenvalues below float32's resolution (lambda <= eps32 * lambda_max) treated as 0."""
+    """Float64 ground truth for NFA(AGOP^1/2): the AGOPs of a float64 copy of the model. dnc accumulates float32
+    gradient products in float64, the baseline (as the official script) sums them in float32, and the square root
+    magnifies that rounding in the AGOP's near-null space. P4 (not merged): eigenvalues below float32's resolution
+    (lambda <= eps32 * lambda_max) treated as 0."""
     model64 = copy.deepcopy(model).double()
     reference = [a / len(x) for a in floor_pass(model64, x.double(), batch_size)]
     eps32 = torch.finfo(torch.float32).eps
@@ -377,17 +249,35 @@ def nfa_precision(model, x, batch_size, dnc_agops, base_agops):
         truth, truth_cut = nfa_half(weight, ref), nfa_half(weight, ref, eps32)
         out["dnc vs float64"] = max(out["dnc vs float64"], rel(nfa_half(weight, ours), truth))
         out["baseline vs float64"] = max(out["baseline vs float64"], rel(nfa_half(weight, base), truth))
-        out["P4: dnc vs float64 (both cut)"] = max(out["P4: dnc vs float64 (both cut)"],
-                                                  rel(nfa_half(weight, ours, eps32), truth_cut))
-        out["P4: baseline vs float64 (both cut)"] = max(out["P4: baseline vs float64 (both cut)"],
-                                                       rel(nfa_half(weight, base, eps32), truth_cut))
+        out["P4 (not merged): dnc vs float64, both cut"] = max(out["P4 (not merged): dnc vs float64, both cut"],
+                                                               rel(nfa_half(weight, ours, eps32), truth_cut))
         out["P4: shift of the value by the cut"] = max(out["P4: shift of the value by the cut"],
                                                       rel(truth_cut, truth))
     return dict(out)
 
 
-ANALYZE_VARIANTS = {"dnc+P1+P2": ("P1", "P2"), "dnc+P1+P2+P3+P6": ("P1", "P2", "P3", "P6")}
-FLOOR_VARIANTS = {"floor+P3": False, "floor+P3+P5": True}
+def eigh_threads(widths, calls: int):
+    """P2 (not merged): float64 eigh of a PSD matrix like an AGOP, with torch's threads vs one thread; minimum of
+    `calls` alternating calls each."""
+    out = {}
+    threads = torch.get_num_threads()
+    g = torch.Generator().manual_seed(0)
+    for d in widths:
+        a = torch.randn(d, 2 * d, generator=g, dtype=torch.float64)
+        matrix = a @ a.T / (2 * d)
+        best = {threads: float("inf"), 1: float("inf")}
+        for _ in range(calls):
+            for n in best:
+                torch.set_num_threads(n)
+                try:
+                    best[n] = min(best[n], timed(torch.linalg.eigh, matrix)[0])
+                finally:
+                    torch.set_num_threads(threads)
+        out[d] = best
+    return out
+
+
+FLOOR_VARIANTS = {"floor + P5 (not merged)": True}
 
 
 def bench_analyze(size, seed: int, profile: bool):
@@ -402,18 +292,12 @@ def bench_analyze(size, seed: int, profile: bool):
     def run_dnc():
         return dnc_analyze.analyze_checkpoint(model, data, acfg, cpu)
 
-    def variant(names):
-        def run():
-            with Proposals(*names):
-                return run_dnc()
-        return run
-
     def run_base():
-        return official.analyze_official(model, x, labels, num_classes, batch_size=batch)
+        return official.analyze_official(model, x, labels, num_classes)
 
     sides = [("dnc", run_dnc), ("floor", lambda: floor_pass(model, x, batch))]
-    sides += [(name, lambda p=p: floor_batched(model, x, batch, preact=p)) for name, p in FLOOR_VARIANTS.items()]
-    sides += [(name, variant(names)) for name, names in ANALYZE_VARIANTS.items()] + [("baseline", run_base)]
+    sides += [(name, lambda p=p: floor_pass(model, x, batch, preact=p)) for name, p in FLOOR_VARIANTS.items()]
+    sides += [("baseline", run_base)]
     times, out = defaultdict(list), {}
     run_dnc()  # warm-up (allocator, thread pools)
     official.TIMINGS.clear()
@@ -427,13 +311,13 @@ def bench_analyze(size, seed: int, profile: bool):
     floor_errors = {name: max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(out[name], out["floor"]))
                     for name in FLOOR_VARIANTS}
     worst, per_layer, missing = compare(out["dnc"], out["baseline"])
-    worst_variants = {name: compare(out[name], out["baseline"])[0] for name in ANALYZE_VARIANTS}
     with PhaseTimer() as phases:
         seconds, _ = timed(run_dnc)
     phase_table = dict(phases.seconds)
     phase_table["other (sweep-2 forward, embed, Python)"] = seconds - sum(phases.seconds.values())
     dnc_agops = list(phases.agops.values())  # dnc's own AGOPs, as handed to nfa_correlation
     precision = nfa_precision(model, x, batch, dnc_agops, out["baseline"][3])
+    eighs = eigh_threads(sorted({x[0].numel(), size["width"]}), calls=8)
     op_table = None
     if profile:
         from torch.profiler import ProfilerActivity
@@ -442,9 +326,9 @@ def bench_analyze(size, seed: int, profile: bool):
         with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
             run_dnc()
         op_table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
-    return dict(times=dict(times), worst=worst, worst_variants=worst_variants, per_layer=per_layer, missing=missing,
-                phases=phase_table, phase_total=seconds, op_table=op_table, base_phases=base_phases,
-                floor_errors=floor_errors, precision=precision)
+    return dict(times=dict(times), worst=worst, per_layer=per_layer, missing=missing, phases=phase_table,
+                phase_total=seconds, op_table=op_table, base_phases=base_phases, floor_errors=floor_errors,
+                precision=precision, eighs=eighs)
 
 
 # ------------------------------------------------------------------------------------------- 2. NC1 at m = 16k
@@ -468,38 +352,43 @@ def dnc_nc1(batches, num_classes):
     return collapse.compute()
 
 
-def dnc_nc1_p6(batches, num_classes):
-    with Proposals("P6"):
-        return dnc_nc1(batches, num_classes)
-
-
 def baseline_nc1(features, labels, num_classes):
-    """Official route at this size: full m x m Sigma_W (float32 torch matmuls: float64 would take ~2x as long and
-    2 GiB more), full Sigma_B (float64), svds(Sigma_B, K-1) pseudo-inverse. Returns metrics and phase times."""
-    t0 = now()
-    sigma_w, sigma_b, means, _, _ = official.class_covariances(features, labels, num_classes, dtype=torch.float32)
-    t1 = now()
-    u, s = official.between_pinv_factors(sigma_b, num_classes - 1)
-    t2 = now()
-    tr_w_binv = float(((u * (sigma_w @ u.float()).double()).sum(0) / s).sum())
-    result = {"nc1": tr_w_binv / num_classes,
-              "nc1_trace": float(torch.trace(sigma_w).double()) / float(torch.trace(sigma_b))}
-    t3 = now()
-    return result, {"Sigma_W + Sigma_B": t1 - t0, "svds": t2 - t1, "traces": t3 - t2}, (u, s, means)
+    """The official statistics at this size, in its float32: per-sample grouping, full m x m Sigma_B, Sigma_W and
+    Sigma_T; then Papyan's NC1: Sigma_B in float64, svds(Sigma_B, K-1), the m x m Sigma_B^+ and the m x m x m
+    product Sigma_W @ Sigma_B^+ (float32). Returns the metrics and the phase times."""
+    official.TIMINGS.clear()
+    onehot = official.one_hot_pm1(labels, num_classes)
+    _, sigma_w, sigma_t, means, _, _ = official.class_variance(features, onehot, num_classes)
+    del sigma_t
+    with official.phase("svds(Sigma_B, K-1) + Sigma_B^+ (m x m)"):
+        inv_sb, _, _ = official.between_pinv(means, num_classes)
+    with official.phase("trace(Sigma_W @ Sigma_B^+): m^3 product"):
+        nc1 = official.papyan_nc1(sigma_w, inv_sb, num_classes)
+        centred = means.double() - means.double().mean(0)
+        nc1_trace = float(torch.trace(sigma_w)) / (float(centred.square().sum()) / num_classes)
+    return {"nc1": nc1, "nc1_trace": nc1_trace}, dict(official.TIMINGS)
 
 
-def float64_reference(features, labels, num_classes, u, s, means, batch):
-    """tr(Sigma_W Sigma_B^+) with the baseline's svds factors but Sigma_W's needed part in float64:
-    u_j^T Sigma_W u_j = (1/N) sum_i (u_j^T (h_i - mu_{y_i}))^2, accumulated in float64 batch by batch."""
-    projected = torch.zeros(len(s), dtype=torch.float64)
-    within = 0.0
-    for start in range(0, len(features), batch):
-        residuals = features[start:start + batch].double() - means[labels[start:start + batch]]
-        projected += (residuals @ u).square().sum(0)
-        within += float(residuals.square().sum())
-    n = len(features)
+def float64_reference(features, labels, num_classes, batch):
+    """NC1 exactly in float64, independently of both sides' decompositions: float64 class means, Sigma_B's
+    eigenpairs from eigh of the K x K Gram of the centred means (u_j = M~^T v_j / sqrt(K lambda_j)), and
+    u_j^T Sigma_W u_j = (1/N) sum_i (u_j^T (h_i - mu_{y_i}))^2 accumulated batch by batch."""
+    n, m = features.shape
+    sums = torch.zeros(num_classes, m, dtype=torch.float64)
+    sums.index_add_(0, labels, features.double())
+    means = sums / torch.bincount(labels, minlength=num_classes)[:, None].double()
     centred = means - means.mean(0)
-    return {"nc1": float((projected / n / s).sum()) / num_classes,
+    values, vectors = torch.linalg.eigh(centred @ centred.T / num_classes)
+    keep = values > values.max() * max(m, num_classes) * torch.finfo(torch.float64).eps
+    values, vectors = values[keep], vectors[:, keep]
+    basis = centred.T @ vectors / torch.sqrt(num_classes * values)
+    projected = torch.zeros(len(values), dtype=torch.float64)
+    within = 0.0
+    for start in range(0, n, batch):
+        residuals = features[start:start + batch].double() - means[labels[start:start + batch]]
+        projected += (residuals @ basis).square().sum(0)
+        within += float(residuals.square().sum())
+    return {"nc1": float((projected / n / values).sum()) / num_classes,
             "nc1_trace": (within / n) / (float(centred.square().sum()) / num_classes)}
 
 
@@ -511,21 +400,17 @@ def bench_nc1_16k(size, seed):
         for start in range(0, n, batch):
             yield features[start:start + batch], labels[start:start + batch]
 
-    times, out = defaultdict(list), {}
-    for name, fn in (("dnc", dnc_nc1), ("dnc+P6", dnc_nc1_p6)):
-        times[name].append(timed(fn, batches, num_classes)[0])
-    base_seconds, (base, base_phases, (u, s, means)) = timed(baseline_nc1, features, labels, num_classes)
+    times, out = [], None
+    times.append(timed(dnc_nc1, batches, num_classes)[0])
+    base_seconds, (base, base_phases) = timed(baseline_nc1, features, labels, num_classes)
     for _ in range(size["repeats"] - 1):
-        for name, fn in (("dnc", dnc_nc1), ("dnc+P6", dnc_nc1_p6)):
-            seconds, out[name] = timed(fn, batches, num_classes)
-            times[name].append(seconds)
-    reference = float64_reference(features, labels, num_classes, u, s, means, batch)
+        seconds, out = timed(dnc_nc1, batches, num_classes)
+        times.append(seconds)
+    reference = float64_reference(features, labels, num_classes, batch)
     keys = ("nc1", "nc1_trace")
-    return dict(times=dict(times), baseline=base_seconds, baseline_phases=base_phases,
-                vs_reference={k: rel(out["dnc"][k], reference[k]) for k in keys},
-                p6_vs_reference={k: rel(out["dnc+P6"][k], reference[k]) for k in keys},
-                p6_vs_dnc=max(rel(out["dnc+P6"][k], v) for k, v in out["dnc"].items() if v),
-                vs_baseline={k: rel(out["dnc"][k], base[k]) for k in keys},
+    return dict(times=times, baseline=base_seconds, baseline_phases=base_phases,
+                vs_reference={k: rel(out[k], reference[k]) for k in keys},
+                vs_baseline={k: rel(out[k], base[k]) for k in keys},
                 baseline_vs_reference={k: rel(base[k], reference[k]) for k in keys})
 
 
@@ -539,7 +424,7 @@ def _proc_status_mb(field: str) -> float:
                  if line.startswith(field + ":")), float("nan"))
 
 
-def rss_child(m, n, num_classes, seed, batch, p6):
+def rss_child(m, n, num_classes, seed, batch):
     """Runs in a fresh interpreter: dnc's NC1 on features regenerated batch by batch from a seed."""
     rss_after_import = _proc_status_mb("VmHWM")
     means = 0.05 * torch.randn(num_classes, m, generator=torch.Generator().manual_seed(seed))
@@ -553,7 +438,7 @@ def rss_child(m, n, num_classes, seed, batch, p6):
             yield features, labels
 
     start = now()
-    result = (dnc_nc1_p6 if p6 else dnc_nc1)(batches, num_classes)
+    result = dnc_nc1(batches, num_classes)
     seconds = now() - start
     start = now()
     for _ in batches():
@@ -568,16 +453,17 @@ def rss_child(m, n, num_classes, seed, batch, p6):
 def bench_nc1_64k(size, seed):
     """Run first, while this process is small: Linux carries the spawning process's peak RSS into the child's
     ru_maxrss across fork/exec, so a child spawned from a large parent would report the parent's peak."""
-    out = {}
-    for name, p6 in (("dnc", 0), ("dnc+P6", 1)):
-        cmd = [sys.executable, __file__, "--rss-child", str(size["m3"]), str(size["n3"]), str(size["classes"]),
-               str(seed), str(size["batch"]), str(p6)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        out[name] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return out
+    cmd = [sys.executable, __file__, "--rss-child", str(size["m3"]), str(size["n3"]), str(size["classes"]),
+           str(seed), str(size["batch"])]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 # ------------------------------------------------------------------------------------------- report
+def load_average() -> str:
+    return " ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+
+
 def machine():
     model = platform.processor() or "unknown"
     try:
@@ -586,9 +472,9 @@ def machine():
                 model = line.split(":", 1)[1].strip()
     except OSError:
         pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (f"{model}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, load avg {load:.1f}, {time.strftime('%Y-%m-%d')}")
+            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, load avg (1/5/15 min) {load_average()}, "
+            f"{time.strftime('%Y-%m-%d %H:%M')}")
 
 
 def report_analyze(size, r, misses):
@@ -596,11 +482,11 @@ def report_analyze(size, r, misses):
     speedup, floor_factor = t["baseline"] / t["dnc"], t["dnc"] / t["floor"]
     print(f"\n## 1. analyze: MLP depth {size['depth']} width {size['width']}, N={size['n']}, K={size['classes']}, "
           f"train split, families nc+svd+nfa; min of {size['repeats']} runs (baseline {size['baseline_repeats']})")
-    print(f"{'side':<34}{'seconds':>8}{'base/x':>9}{'x/floor':>9}   runs")
+    print(f"{'side':<40}{'seconds':>8}{'base/x':>9}{'x/floor':>9}   runs")
     labels = {"baseline": "official algorithm (baseline)", "dnc": "dnc analyze_checkpoint",
-              "floor": "floor: fwd + K bwd + g^T g"}
-    for name in ("baseline", "dnc", *ANALYZE_VARIANTS, "floor", *FLOOR_VARIANTS):
-        print(f"{labels.get(name, name):<34}{t[name]:>8.2f}{t['baseline'] / t[name]:>8.2f}x"
+              "floor": "floor: fwd + K bwd (batched) + g^T g"}
+    for name in ("baseline", "dnc", "floor", *FLOOR_VARIANTS):
+        print(f"{labels.get(name, name):<40}{t[name]:>8.2f}{t['baseline'] / t[name]:>8.2f}x"
               f"{t[name] / t['floor']:>8.2f}x   {runs(r['times'][name])}")
     print(f"=> baseline/dnc {speedup:.2f}x (target >= {TARGETS['speedup_analyze']:g}x), dnc/floor "
           f"{floor_factor:.2f}x (target <= {TARGETS['floor_factor']:g}x); baseline/floor "
@@ -609,13 +495,13 @@ def report_analyze(size, r, misses):
           ", ".join(f"{k} {v:.1e}" for k, v in sorted(r["worst"].items())))
     print("  nc1 / nc1_trace per layer, max over stages: " +
           ", ".join(f"L{k} {v:.1e}" for k, v in sorted(r["per_layer"].items())))
-    for name, worst in r["worst_variants"].items():
-        strict, half = agreement(worst)
-        print(f"  {name}: nc1 / nc1_trace / nfa_1 {strict:.1e}, nfa_0.5 {half:.1e}")
     print("  floor variants vs floor (max |AGOP difference| / max |AGOP|): " +
           ", ".join(f"{k} {v:.1e}" for k, v in r["floor_errors"].items()))
     print("NFA with AGOP^1/2 against a float64 model's AGOPs (max over layers, relative): " +
           ", ".join(f"{k} {v:.1e}" for k, v in r["precision"].items()))
+    print("P2 (not merged), float64 eigh, min of 8 calls: " +
+          ", ".join(f"d={d}: {best[max(best)] * 1e3:.0f} ms with {max(best)} threads, {best[1] * 1e3:.0f} ms with 1"
+                    for d, best in r["eighs"].items()))
     print(f"dnc phases (one instrumented run, {r['phase_total']:.2f} s):")
     for label, seconds in sorted(r["phases"].items(), key=lambda kv: -kv[1]):
         if seconds >= 0.005:
@@ -641,39 +527,33 @@ def report_analyze(size, r, misses):
 
 
 def report_nc1_16k(size, r, misses):
-    t = {k: statistics.median(v) for k, v in r["times"].items()}
-    speedup = r["baseline"] / t["dnc"]
+    t = statistics.median(r["times"])
+    speedup = r["baseline"] / t
     print(f"\n## 2. NC1 at m={size['m2']}, N={size['n2']}, K={size['classes']} (features in memory, float32); "
-          f"dnc: median of {len(r['times']['dnc'])} runs")
+          f"dnc: median of {len(r['times'])} runs")
     print(f"{'side':<58}{'seconds':>8}{'base/x':>9}   runs")
-    print(f"{'baseline: Sigma_W (float32) + Sigma_B (float64) + svds':<58}{r['baseline']:>8.2f}{1:>8.2f}x   "
-          + ", ".join(f"{k} {v:.2f}" for k, v in r["baseline_phases"].items()))
-    for name, label in (("dnc", "dnc ClassMeans + NeuralCollapse (float64 accumulators)"),
-                        ("dnc+P6", "dnc + P6 (8 MB row chunks, fused GEMM)")):
-        print(f"{label:<58}{t[name]:>8.2f}{r['baseline'] / t[name]:>8.2f}x   {runs(r['times'][name])}")
-    print(f"=> speed-up {speedup:.1f}x (target >= {TARGETS['speedup_nc1']:g}x); with P6 "
-          f"{r['baseline'] / t['dnc+P6']:.1f}x")
+    print(f"{'baseline: official Sigma_B/W/T + Papyan svds + m^3 product':<58}{r['baseline']:>8.2f}{1:>8.2f}x")
+    for label, seconds in r["baseline_phases"].items():
+        print(f"  {label:<56}{seconds:>8.2f}")
+    print(f"{'dnc ClassMeans + NeuralCollapse (float64 accumulators)':<58}{t:>8.2f}{speedup:>8.2f}x   "
+          f"{runs(r['times'])}")
+    print(f"=> speed-up {speedup:.1f}x (target >= {TARGETS['speedup_nc1']:g}x)")
     fmt = lambda d: ", ".join(f"{k} {v:.1e}" for k, v in d.items())  # noqa: E731
-    print(f"relative differences: dnc vs float64 reference {fmt(r['vs_reference'])}; dnc+P6 vs reference "
-          f"{fmt(r['p6_vs_reference'])} (all metrics vs dnc {r['p6_vs_dnc']:.1e}); dnc vs float32 baseline "
+    print(f"relative differences: dnc vs float64 reference {fmt(r['vs_reference'])}; dnc vs float32 baseline "
           f"{fmt(r['vs_baseline'])}; float32 baseline vs reference {fmt(r['baseline_vs_reference'])}")
     worst = max(r["vs_reference"].values())
     if speedup < TARGETS["speedup_nc1"]:
-        misses.append(f"nc1-16k: speed-up {speedup:.1f}x < {TARGETS['speedup_nc1']:g}x (with P6: "
-                      f"{r['baseline'] / t['dnc+P6']:.1f}x)")
+        misses.append(f"nc1-16k: speed-up {speedup:.1f}x < {TARGETS['speedup_nc1']:g}x")
     if worst > TARGETS["agree_nc1"]:
         misses.append(f"nc1-16k: dnc differs from the float64 reference by {worst:.1e} > {TARGETS['agree_nc1']:g}")
 
 
-def report_nc1_64k(size, rss, misses):
+def report_nc1_64k(size, r, misses):
     print(f"\n## 3. NC1 at m={size['m3']}, N={size['n3']}, K={size['classes']}: fresh subprocess, batches of "
           f"{size['batch']} regenerated from a seed (two passes)")
-    for name, r in rss.items():
-        print(f"{name:<8} {r['seconds']:>7.2f} s (generating the features ~{2 * r['generate_one_pass']:.2f} s of it), "
-              f"peak RSS {r['maxrss_mb'] / 1024:.2f} GB (ru_maxrss; VmHWM {r['vmhwm_mb'] / 1024:.2f} GB; "
-              f"VmHWM after imports "
-              f"{r['rss_after_import_mb'] / 1024:.2f} GB), nc1 = {r['nc1']:.6g}")
-    r = rss["dnc"]
+    print(f"dnc {r['seconds']:>7.2f} s (generating the features ~{2 * r['generate_one_pass']:.2f} s of it), "
+          f"peak RSS {r['maxrss_mb'] / 1024:.2f} GB (ru_maxrss; VmHWM {r['vmhwm_mb'] / 1024:.2f} GB; VmHWM after "
+          f"imports {r['rss_after_import_mb'] / 1024:.2f} GB), nc1 = {r['nc1']:.6g}")
     print(f"=> peak RSS {r['maxrss_mb'] / 1024:.2f} GB (target < {TARGETS['rss_gb']:g} GB)")
     if r["maxrss_mb"] / 1024 >= TARGETS["rss_gb"]:
         misses.append(f"nc1-64k: peak RSS {r['maxrss_mb'] / 1024:.2f} GB >= {TARGETS['rss_gb']:g} GB")
@@ -685,7 +565,7 @@ def main():
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's op table of one dnc run")
     parser.add_argument("--only", choices=["analyze", "nc1-16k", "nc1-64k"], action="append")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--rss-child", nargs=6, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--rss-child", nargs=5, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
         rss_child(*args.rss_child)
@@ -702,7 +582,7 @@ def main():
         report_nc1_16k(size, bench_nc1_16k(size, args.seed), misses)
     if rss is not None:
         report_nc1_64k(size, rss, misses)
-    print(f"\nwall time {now() - wall:.0f} s")
+    print(f"\nwall time {now() - wall:.0f} s; load avg (1/5/15 min) at the end {load_average()}")
     if args.quick:
         for miss in misses:
             print(f"(quick run, not enforced) {miss}")
