@@ -116,6 +116,20 @@ def _stand_in_job(cfg) -> None:
     HydraConfig.instance().set_config(cfg)
 
 
+def _did_you_mean(defaults, keys: list[str]) -> str:
+    """For a key that is not in the config, the full keys it may be short for (labels.x -> dataset.labels.x)."""
+    def flat(node, prefix=""):
+        for key, value in node.items():
+            yield f"{prefix}{key}"
+            if OmegaConf.is_dict(value):
+                yield from flat(value, f"{prefix}{key}.")
+
+    known = list(flat(defaults))
+    hints = [full for key in keys if key.lstrip("+~") not in known
+             for full in known if full.endswith("." + key.lstrip("+~"))]
+    return f" (did you mean {', '.join(hints)}?)" if hints else ""
+
+
 def _check_config(command: str, module, overrides: list[str]) -> bool:
     """Compose the config once per sweep value so that every bad value fails here, in one line. Returns whether the
     config asks for a multirun (hydra.mode: MULTIRUN, as the +sweep=... presets do)."""
@@ -144,7 +158,7 @@ def _check_config(command: str, module, overrides: list[str]) -> bool:
                 cfg = compose(config_name=command, overrides=[f"{k}={v}" for k, v in zip(keys, combo)],
                               return_hydra_config=True)
             except Exception as exc:
-                fail(command, _compose_error(exc))
+                fail(command, _compose_error(exc) + _did_you_mean(compose(config_name=command), keys))
             multirun = multirun or cfg.hydra.mode == RunMode.MULTIRUN
             _stand_in_job(cfg)
             try:

@@ -220,6 +220,7 @@ def test_cli_help_and_train_subprocess(tmp_path):
     (["loss=hinge"], ["hinge", "mse", "ce"]),
     (["device=tpu"], ["device=tpu", "cpu"]),
     (["epochs=1,0", "-m"], ["epochs=0"]),
+    (["labels.random_fraction=1.0"], ["did you mean dataset.labels.random_fraction"]),
 ])
 def test_bad_input(tmp_path, overrides, needles):
     assert_usage_error(run_cli("train", *overrides, cwd=tmp_path), *needles)
