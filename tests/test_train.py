@@ -279,3 +279,24 @@ def test_atomic_writes_keep_normal_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_parallel_sweep_jobs_share_the_cores(monkeypatch):
+    import os
+
+    from omegaconf import OmegaConf
+
+    from dnc_cli.train import share_cores
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    threads = torch.get_num_threads()
+    try:
+        assert share_cores(OmegaConf.create({"n_jobs": 4})) == 2 and torch.get_num_threads() == 2
+        assert share_cores(OmegaConf.create({"n_jobs": -1})) == 1  # joblib: one job per core
+        assert share_cores(OmegaConf.create({"n_jobs": 1})) is None
+        assert share_cores(OmegaConf.create({"_target_": "basic"})) is None  # sequential launcher
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        assert share_cores(OmegaConf.create({"n_jobs": 4})) is None
+    finally:
+        torch.set_num_threads(threads)
