@@ -24,7 +24,15 @@ from dnc_cli.data import load_dataset
 from dnc_cli.errors import UsageError
 from dnc_cli.metrics import ClassMeans, NeuralCollapse, nc3, nfa_correlation, psd_eigh, psd_power
 from dnc_cli.models import build_model
-from dnc_cli.runs import CONFIG_FILE, atomic_path, checkpoint_epochs, checkpoint_name, find_runs, read_json
+from dnc_cli.runs import (
+    CONFIG_FILE,
+    atomic_path,
+    checkpoint_epochs,
+    checkpoint_name,
+    find_runs,
+    read_json,
+    require_run_dir,
+)
 
 log = logging.getLogger("dnc.analyze")
 COLUMNS = ["epoch", "split", "layer", "stage", "metric", "value"]
@@ -32,8 +40,7 @@ COLUMNS = ["epoch", "split", "layer", "stage", "metric", "value"]
 
 def check(cfg: DictConfig) -> AnalyzeConfig:
     acfg = validate_analyze(to_object(cfg, AnalyzeConfig))
-    if not Path(acfg.run_dir).exists():
-        raise UsageError(f"run_dir={acfg.run_dir} does not exist")
+    require_run_dir(acfg.run_dir)
     return acfg
 
 

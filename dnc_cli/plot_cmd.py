@@ -10,13 +10,12 @@ from omegaconf import DictConfig
 from dnc_cli.cli import fail
 from dnc_cli.config import PlotConfig, to_object
 from dnc_cli.errors import UsageError
-from dnc_cli.runs import CONFIG_FILE, find_runs
+from dnc_cli.runs import CONFIG_FILE, find_runs, require_run_dir
 
 
 def check(cfg: DictConfig) -> PlotConfig:
     pcfg = to_object(cfg, PlotConfig)
-    if not Path(pcfg.run_dir).exists():
-        raise UsageError(f"run_dir={pcfg.run_dir} does not exist")
+    require_run_dir(pcfg.run_dir)
     return pcfg
 
 

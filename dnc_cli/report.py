@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from dnc_cli.cli import fail
 from dnc_cli.config import ReportConfig, to_object
 from dnc_cli.errors import UsageError
-from dnc_cli.runs import CONFIG_FILE, find_runs, read_json, write_text
+from dnc_cli.runs import CONFIG_FILE, find_runs, read_json, require_run_dir, write_text
 
 HOLDS, FAILS, NA = "holds", "does not hold", "not applicable"
 REPORT_FILE = "report.md"
@@ -725,8 +725,7 @@ def check(cfg: DictConfig) -> ReportConfig:
     for ok, message in need:
         if not ok:
             raise UsageError(message)
-    if not Path(rcfg.run_dir).exists():
-        raise UsageError(f"run_dir={rcfg.run_dir} does not exist")
+    require_run_dir(rcfg.run_dir)
     return rcfg
 
 

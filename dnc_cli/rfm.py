@@ -420,13 +420,12 @@ def run_deep_rfm(cfg, run_dir) -> dict:
     import logging
     import sys
 
-    from omegaconf import OmegaConf
     from tqdm import tqdm
 
     from dnc_cli.config import resolve_device, to_plain
     from dnc_cli.data import load_dataset
-    from dnc_cli.runs import CONFIG_FILE, atomic_path, checkpoint_name, read_json, write_json
-    from dnc_cli.train import check_resume_config, save_atomic, versions
+    from dnc_cli.runs import checkpoint_name, read_json, write_json
+    from dnc_cli.train import check_resume_config, save_atomic, start_run, truncate_log
 
     log = logging.getLogger("dnc.deep_rfm")
     rcfg = rfm_config(cfg)
@@ -441,20 +440,10 @@ def run_deep_rfm(cfg, run_dir) -> dict:
         check_resume_config(run_dir, plain)
         done = [RFMLayer.from_dict(r) for r in torch.load(last, weights_only=True)["rfm_layers"]]
         summary = read_json(run_dir / "summary.json") | {"status": "running"}
-        lines = log_path.read_text().splitlines(keepends=True)
-        log_path.write_text("".join(lines[:1 + len(done)]))
+        truncate_log(log_path, len(done))
         log.info("resuming %s after layer %d", run_dir, len(done))
     else:
-        if last.exists():
-            raise UsageError(f"hydra.run.dir={run_dir} already holds a run; continue it with resume={run_dir}")
-        with atomic_path(run_dir / CONFIG_FILE) as tmp:
-            tmp.write_text(OmegaConf.to_yaml(plain))
-        save_atomic({"train_labels": data.train.labels, "relabelled": data.relabelled,
-                     "true_train_labels": data.true_train_labels}, run_dir / "labels.pt")
-        summary = {"status": "running", "model": "deep_rfm", "dataset": cfg.dataset.name.value, "seed": cfg.seed,
-                   "tpt_epoch": None, "versions": versions(), "run_dir": str(run_dir),
-                   "num_classes": data.num_classes, "n_train": n, "n_test": len(data.test.labels),
-                   "n_relabelled": int(data.relabelled.sum())}
+        summary = start_run(cfg, plain, data, run_dir)
         log_path.write_text("layer,train_acc,test_acc,nc1_trace,elapsed_s\n")
         done = []
     write_json(run_dir / "summary.json", summary)

@@ -61,11 +61,17 @@ def checkpoint_epochs(run_dir: Path) -> list[int]:
     return sorted(int(p.stem.split("_")[1]) for p in (Path(run_dir) / "checkpoints").glob("epoch_*.pt"))
 
 
-def find_runs(root: Path) -> list[Path]:
-    """Every folder under `root` (itself included) holding a run's config_resolved.yaml."""
+def require_run_dir(root) -> Path:
+    """`run_dir` of analyze/plot/report, checked before any work (the commands' `check`)."""
     root = Path(root)
     if not root.exists():
         raise UsageError(f"run_dir={root} does not exist")
+    return root
+
+
+def find_runs(root: Path) -> list[Path]:
+    """Every folder under `root` (itself included) holding a run's config_resolved.yaml."""
+    root = require_run_dir(root)
     return sorted(p.parent for p in root.rglob(CONFIG_FILE) if ".hydra" not in p.parts)
 
 

@@ -133,7 +133,23 @@ def check_resume_config(run_dir: Path, plain: dict) -> None:
                          f"only {', '.join(sorted(RESUMABLE_CHANGES - {'resume'}))} may change")
 
 
-def _truncate_log(path: Path, last_epoch: int) -> None:
+def start_run(cfg: TrainConfig, plain: dict, data, run_dir: Path) -> dict:
+    """A fresh run's first files (its config and labels; refused if `run_dir` already holds a run); returns the
+    initial summary. Shared by networks and Deep RFMs."""
+    if (run_dir / "checkpoints" / "last.pt").exists():
+        raise UsageError(f"hydra.run.dir={run_dir} already holds a run; continue it with resume={run_dir}")
+    with atomic_path(run_dir / CONFIG_FILE) as tmp:
+        tmp.write_text(OmegaConf.to_yaml(plain))
+    # which samples were relabelled (random labels), and the labels actually trained on
+    save_atomic({"train_labels": data.train.labels.cpu(), "relabelled": data.relabelled,
+                 "true_train_labels": data.true_train_labels}, run_dir / "labels.pt")
+    return {"status": "running", "model": cfg.model.name.value, "dataset": cfg.dataset.name.value,
+            "seed": cfg.seed, "tpt_epoch": None, "versions": versions(), "run_dir": str(run_dir),
+            "num_classes": data.num_classes, "n_train": len(data.train.labels), "n_test": len(data.test.labels),
+            "n_relabelled": int(data.relabelled.sum())}
+
+
+def truncate_log(path: Path, last_epoch: int) -> None:
     """Drop log rows written after the resume state (an interruption between log append and last.pt)."""
     if not path.exists():
         return
@@ -180,21 +196,11 @@ def run(cfg: TrainConfig, run_dir: Path) -> dict:
         torch.set_rng_state(state["torch_rng"])
         epoch, tpt_epoch, elapsed0 = state["epoch"], state["tpt_epoch"], state["elapsed_s"]
         summary = read_json(summary_path)
-        _truncate_log(log_path, epoch)
+        truncate_log(log_path, epoch)
         log.info("resuming %s at epoch %d", run_dir, epoch)
     else:
-        if (ckpt_dir / "last.pt").exists():
-            raise UsageError(f"hydra.run.dir={run_dir} already holds a run; continue it with resume={run_dir}")
-        with atomic_path(run_dir / CONFIG_FILE) as tmp:
-            tmp.write_text(OmegaConf.to_yaml(plain))
-        # which samples were relabelled (random labels), and the labels actually trained on
-        save_atomic({"train_labels": data.train.labels.cpu(), "relabelled": data.relabelled,
-               "true_train_labels": data.true_train_labels}, run_dir / "labels.pt")
+        summary = start_run(cfg, plain, data, run_dir)
         epoch, tpt_epoch, elapsed0 = 0, None, 0.0
-        summary = {"status": "running", "model": cfg.model.name.value, "dataset": cfg.dataset.name.value,
-                   "seed": cfg.seed, "tpt_epoch": None, "versions": versions(), "run_dir": str(run_dir),
-                   "num_classes": data.num_classes, "n_train": len(data.train.labels),
-                   "n_test": len(data.test.labels), "n_relabelled": int(data.relabelled.sum())}
         with atomic_path(log_path) as tmp:
             tmp.write_text(",".join(LOG_COLUMNS) + "\n")
 
