@@ -18,17 +18,14 @@ Exit status 1 when the two AGOPs differ by more than 1e-8 (relative to the large
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections import defaultdict
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench_analyze.py: shared cores
+import torch
+import torch.nn.functional as F
+from bench_analyze import load_average, machine, mixture, now, runs, timed
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from bench_analyze import load_average, machine, mixture, now, runs, timed  # noqa: E402
-
-from dnc_cli import rfm  # noqa: E402
+from dnc_cli import rfm
 
 FULL = dict(n_agop=2000, repeats=3, n_train=8000, n_test=2000, width=1024, batch=250)
 QUICK = dict(n_agop=500, repeats=2, n_train=1000, n_test=250, width=256, batch=250)

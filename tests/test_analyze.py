@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import TINY, assert_usage_error, run_cli, train_config
 
-from dnc_cli.analyze import agop_update, analyze_checkpoint, analyze_run
+from dnc_cli.analyze import LayerAGOPs, add_gram, analyze_checkpoint, analyze_run, symmetrised
 from dnc_cli.config import AnalyzeConfig, DatasetConfig, DatasetName, ModelConfig
 from dnc_cli.data import load_dataset
 from dnc_cli.models import build_model
@@ -101,14 +101,17 @@ def _naive_sqrt(matrix):
     return torch.from_numpy(vectors @ np.diag(np.sqrt(np.clip(values, 0, None))) @ vectors.T)
 
 
-def test_agop_all_layers_matches_per_layer_jacobians(random_net_and_data):
-    model, data = random_net_and_data
+@pytest.mark.parametrize("depth, bias, width", [(2, False, 9), (4, True, 140)])  # 140: add_gram's blocks
+def test_agop_all_layers_matches_per_layer_jacobians(random_net_and_data, depth, bias, width):
+    _, data = random_net_and_data
+    torch.manual_seed(depth)
+    model = build_model(ModelConfig(depth=depth, width=width, init_gain=1.0, bias=bias), (1, 1, 6), 4).double()
     h0 = model.embed(data.train.x)
-    sums = [torch.zeros(layer.in_features, layer.in_features, dtype=torch.float64) for layer in model.layers]
+    agops = LayerAGOPs(model)
     for i in range(0, len(h0), 50):  # batches: the sum over samples is additive
-        agop_update(model, h0[i:i + 50], sums)
-    for ours, reference in zip(sums, naive_agops(model, h0)):
-        torch.testing.assert_close(ours / len(h0), reference, rtol=1e-9, atol=1e-12)
+        agops.update(h0[i:i + 50])
+    for ours, reference in zip(agops.compute(), naive_agops(model, h0), strict=True):
+        torch.testing.assert_close(ours, reference, rtol=1e-9, atol=1e-12)
 
 
 def test_agop_two_layer_network_hand_formula():
@@ -121,9 +124,18 @@ def test_agop_two_layer_network_hand_formula():
     for xi in x:
         d = torch.diag((w @ xi > 0).double())
         expected += w.T @ d @ a.T @ a @ d @ w
-    sums = [torch.zeros(5, 5, dtype=torch.float64)]
-    agop_update(model, x, sums)
-    torch.testing.assert_close(sums[0] / 40, expected / 40, rtol=1e-12, atol=1e-14)
+    agops = LayerAGOPs(model)
+    agops.update(x)
+    torch.testing.assert_close(agops.compute()[0], expected / 40, rtol=1e-12, atol=1e-14)
+
+
+def test_add_gram_upper_blocks_give_the_full_gram():
+    torch.manual_seed(2)
+    rows = torch.randn(300, 300, dtype=torch.float64)  # 300 = 2 blocks of 128 and a partial third
+    total = torch.zeros(300, 300, dtype=torch.float64)
+    add_gram(total, rows[:170])
+    add_gram(total, rows[170:])
+    torch.testing.assert_close(symmetrised(total), rows.T @ rows, rtol=1e-12, atol=1e-10)
 
 
 def test_right_and_left_nc1_agree_and_families_filter(random_net_and_data):
