@@ -167,11 +167,11 @@ def agreement(worst):
 class PhaseTimer:
     """Wall time of dnc's phases, by wrapping the functions analyze_checkpoint calls (module globals and class
     methods), restored on exit. Phases do not nest, so they add up; `other` is the rest (sweep-2 forward...).
-    Also records the AGOPs handed to nfa_correlation."""
+    Also records the AGOPs LayerAGOPs.compute returns."""
 
     def __init__(self):
         self.seconds = defaultdict(float)
-        self.saved, self.agops = [], {}
+        self.saved, self.agops = [], []
 
     def wrap(self, owner, name, label):
         original = getattr(owner, name, None)
@@ -179,13 +179,14 @@ class PhaseTimer:
             return
 
         def wrapper(*args, **kwargs):
-            if name == "nfa_correlation":
-                self.agops[id(args[1])] = args[1]
             start = now()
             try:
-                return original(*args, **kwargs)
+                out = original(*args, **kwargs)
             finally:
                 self.seconds[label] += now() - start
+            if owner is dnc_analyze.LayerAGOPs and name == "compute":
+                self.agops = out
+            return out
 
         self.saved.append((owner, name, original))
         setattr(owner, name, wrapper)
@@ -201,8 +202,8 @@ class PhaseTimer:
         self.wrap(NeuralCollapse, "update", "NeuralCollapse.update")
         self.wrap(NeuralCollapse, "compute", "NeuralCollapse.compute")
         self.wrap(dnc_analyze, "psd_eigh", "eigh of each AGOP (psd_eigh: 1 per layer)")
-        self.wrap(dnc_analyze, "psd_power", "AGOP^1/2 from its eigh (psd_power)")
-        self.wrap(dnc_analyze, "nfa_correlation", "NFA correlations (nfa_correlation, from the eigh)")
+        self.wrap(dnc_analyze, "psd_power", "AGOP^alpha from its eigh (psd_power, once per power)")
+        self.wrap(dnc_analyze, "nfa_correlation", "NFA correlations (nfa_correlation)")
         self.wrap(dnc_analyze, "nc3", "nc3")
         return self
 
@@ -275,7 +276,7 @@ def bench_analyze(size, seed: int, profile: bool):
         seconds, _ = timed(run_dnc)
     phase_table = dict(phases.seconds)
     phase_table["other (sweep-2 forward, embed, Python)"] = seconds - sum(phases.seconds.values())
-    dnc_agops = list(phases.agops.values())  # dnc's own AGOPs, as handed to nfa_correlation
+    dnc_agops = phases.agops  # dnc's own AGOPs, as LayerAGOPs.compute returned them
     precision = nfa_precision(model, x, batch, dnc_agops, out["baseline"][3])
     op_table = None
     if profile:

@@ -32,6 +32,7 @@ from dnc_cli.runs import (
     find_runs,
     read_json,
     require_run_dir,
+    write_json,
 )
 
 log = logging.getLogger("dnc.analyze")
@@ -160,7 +161,7 @@ def analyze_checkpoint(model, data, acfg: AnalyzeConfig, device) -> list[tuple]:
         for layer in model.layers:
             _, s, vh = torch.linalg.svd(layer.weight.detach(), full_matrices=False)
             right_maps.append(s[:, None] * vh)
-    agops = agop_roots = agop_eighs = stage_maps = None
+    agop_powers = agop_roots = stage_maps = None
 
     for split in ("train", "test"):
         if split not in acfg.splits and not (split == "train" and want_agop):
@@ -184,9 +185,11 @@ def analyze_checkpoint(model, data, acfg: AnalyzeConfig, device) -> list[tuple]:
         means = {key: acc.compute() for key, acc in means.items()}
         if with_agop:
             agops = layer_agops.compute()
-            agop_eighs = [psd_eigh(a) for a in agops]  # one decomposition per AGOP serves every power
+            eighs = [psd_eigh(a) for a in agops]  # one decomposition per AGOP serves every power
+            powers = set(acfg.nfa.powers if "nfa" in families else []) | ({0.5} if want_svd else set())
+            agop_powers = {p: [psd_power(a, p, e) for a, e in zip(agops, eighs)] for p in sorted(powers)}
             if want_svd:
-                agop_roots = [psd_power(a, 0.5, e) for a, e in zip(agops, agop_eighs)]
+                agop_roots = agop_powers[0.5]
                 stage_maps = [torch.cat([r.T, a.to(r.dtype)], 1) for r, a in zip(right_maps, agop_roots)]
         if split not in acfg.splits:
             continue
@@ -221,10 +224,10 @@ def analyze_checkpoint(model, data, acfg: AnalyzeConfig, device) -> list[tuple]:
             rows.append((split, num_layers, "", "nc3",
                          nc3(model.classifier.weight.detach(), means[(num_layers, "")], gm)))
     if "nfa" in families:
-        for l, (layer, agop, eigh) in enumerate(zip(model.layers, agops, agop_eighs), start=1):
+        for l, layer in enumerate(model.layers, start=1):
             for power in acfg.nfa.powers:
                 rows.append(("train", l, "", f"nfa_corr_{power:g}",
-                             nfa_correlation(layer.weight.detach().double(), agop, power, eigh)))
+                             nfa_correlation(layer.weight.detach(), agop_powers[power][l - 1])))
     return rows
 
 
@@ -234,6 +237,24 @@ def _no_grad_trace(model, h0):
 
 
 # ---------------------------------------------------------------------------------------------------- a run
+SETTINGS_FILE = "settings.json"
+
+
+def check_settings(out_dir: Path, acfg: AnalyzeConfig, network: bool = True) -> dict:
+    """The options that change metric values, as recorded in <run>/analysis/settings.json; raises when the table
+    there was computed with other values (resuming would mix them) unless force=true recomputes it."""
+    settings = {"nc1.global_mean": acfg.nc1.global_mean.value, "nc1.official_scaling": acfg.nc1.official_scaling}
+    if network:  # Deep RFM's features come from its own float32 pipeline
+        settings["precision"] = acfg.precision.value
+    path = out_dir / SETTINGS_FILE
+    recorded = read_json(path) if path.exists() and not acfg.force else {}
+    for key, value in settings.items():
+        if key in recorded and recorded[key] != value:
+            raise UsageError(f"{out_dir} was analysed with {key}={recorded[key]}, not {value}; add force=true to "
+                             f"recompute it with {key}={value}")
+    return settings
+
+
 def save_table(path: Path, rows: list[dict]):
     import pandas as pd
 
@@ -303,6 +324,7 @@ def analyze_run(run_dir: Path, acfg: AnalyzeConfig, device: torch.device) -> lis
 
         return analyze_deep_rfm(run_dir, cfg, acfg, device)
     out_dir = run_dir / "analysis"
+    settings = check_settings(out_dir, acfg)
     table = out_dir / "metrics.csv"
     old = pd.read_csv(table, keep_default_na=False) if table.exists() and not acfg.force else None
     rows = [] if old is None else old.to_dict("records")
@@ -313,8 +335,9 @@ def analyze_run(run_dir: Path, acfg: AnalyzeConfig, device: torch.device) -> lis
     data = load_dataset(cfg.dataset, cfg.seed)
     if (run_dir / "labels.pt").exists():  # the labels actually trained on (random labels included)
         data.train.labels = torch.load(run_dir / "labels.pt", weights_only=True)["train_labels"]
-    data = data.to(device)
-    model = build_model(cfg.model, data.input_shape, data.num_classes).to(device)
+    dtype = getattr(torch, acfg.precision.value)
+    data = data.to(device, dtype)
+    model = build_model(cfg.model, data.input_shape, data.num_classes).to(device, dtype)
     problems = []
     from tqdm import tqdm
 
@@ -333,6 +356,7 @@ def analyze_run(run_dir: Path, acfg: AnalyzeConfig, device: torch.device) -> lis
             raise UsageError(f"{path} does not match the run's model ({str(exc).splitlines()[0]})") from None
         rows += [dict(zip(COLUMNS, (epoch, *row))) for row in analyze_checkpoint(model, data, acfg, device)]
         df = save_table(table, rows)  # after every checkpoint: an interrupted analysis resumes from here
+        write_json(out_dir / SETTINGS_FILE, settings)
         log.info("%s epoch %d analysed", run_dir.name, epoch)
     if rows:
         df = save_table(table, rows)

@@ -60,6 +60,11 @@ class GlobalMean(Enum):
     weighted = "weighted"  # sample-weighted mean (Rangamani, Zhu)
 
 
+class Precision(Enum):
+    float32 = "float32"  # the network's own precision (and the official script's)
+    float64 = "float64"  # network, AGOPs and metrics in float64: for numerically low-rank AGOPs (see README)
+
+
 @dataclass
 class LabelsConfig:
     random_fraction: float = 0.0
@@ -159,6 +164,7 @@ class AnalyzeConfig:
     gram_samples_per_class: int = 30
     batch_size: int = 1000
     device: str = "auto"
+    precision: Precision = Precision.float32  # dtype the network is run and analysed in (networks; Deep RFM: float32)
     force: bool = False
     progress: bool = True
     jobs: int = 1  # runs analysed in parallel (processes); with several GPUs, run i on GPU i mod #GPUs

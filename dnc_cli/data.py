@@ -36,9 +36,10 @@ class Data:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.train.x.shape[1:])
 
-    def to(self, device) -> Data:
-        return Data(Split(self.train.x.to(device), self.train.labels.to(device)),
-                    Split(self.test.x.to(device), self.test.labels.to(device)),
+    def to(self, device, dtype: torch.dtype | None = None) -> Data:
+        """On `device`; the inputs also in `dtype` when given (labels stay int64)."""
+        return Data(Split(self.train.x.to(device, dtype), self.train.labels.to(device)),
+                    Split(self.test.x.to(device, dtype), self.test.labels.to(device)),
                     self.num_classes, self.relabelled, self.true_train_labels)
 
 

@@ -341,7 +341,8 @@ def pearson(a: Tensor, b: Tensor) -> float:
     return float((a @ b) / (a.norm() * b.norm()))
 
 
-def nfa_correlation(weight: Tensor, agop: Tensor, alpha: float, eigh: tuple[Tensor, Tensor] | None = None) -> float:
-    """NFA: Pearson correlation of W^T W with AGOP^alpha. weight (m_out, m_in), agop (m_in, m_in)."""
+def nfa_correlation(weight: Tensor, agop_power: Tensor) -> float:
+    """NFA: Pearson correlation of W^T W with AGOP^alpha, given as `agop_power` = psd_power(AGOP, alpha) (formed
+    once per power: the SVD stage `agop` needs AGOP^1/2 too). weight (m_out, m_in), agop_power (m_in, m_in)."""
     weight = weight.to(torch.float64)
-    return pearson(weight.T @ weight, psd_power(agop.to(weight.device), alpha, eigh))
+    return pearson(weight.T @ weight, agop_power)

@@ -478,14 +478,20 @@ def run_deep_rfm(cfg, run_dir) -> dict:
 
 
 def analyze_deep_rfm(run_dir, cfg, acfg, device) -> list[str]:
+    import logging
+
     import numpy as np
     import pandas as pd
 
-    from dnc_cli.analyze import COLUMNS, markdown_table, save_table
+    from dnc_cli.analyze import COLUMNS, SETTINGS_FILE, check_settings, markdown_table, save_table
     from dnc_cli.data import load_dataset
-    from dnc_cli.runs import atomic_path, checkpoint_name
+    from dnc_cli.runs import atomic_path, checkpoint_name, write_json
 
     out_dir = run_dir / "analysis"
+    settings = check_settings(out_dir, acfg, network=False)
+    if acfg.precision.value != "float32":
+        logging.getLogger("dnc.analyze").warning("%s: precision=%s applies to networks; a Deep RFM is analysed in "
+                                                 "float32", run_dir, acfg.precision.value)
     if (out_dir / "metrics.csv").exists() and not acfg.force:
         return []
     path = run_dir / "checkpoints" / checkpoint_name(0)
@@ -514,6 +520,7 @@ def analyze_deep_rfm(run_dir, cfg, acfg, device) -> list[str]:
         if split == "train":
             gram["labels"] = labels[sample].cpu().numpy()
     df = save_table(out_dir / "metrics.csv", [dict(zip(COLUMNS, row)) for row in rows])
+    write_json(out_dir / SETTINGS_FILE, settings)
     if gram:
         with atomic_path(out_dir / "gram_epoch_000000_train.npz") as tmp, open(tmp, "wb") as f:
             np.savez_compressed(f, **gram)

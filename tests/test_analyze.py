@@ -245,3 +245,37 @@ def test_unfinished_run_is_analysed(tmp_path):
     summary.write_text(summary.read_text().replace('"done"', '"running"'))
     analyze_run(tmp_path, AnalyzeConfig(progress=False, families=["nc"]), torch.device("cpu"))
     assert "running" in (tmp_path / "analysis/nc_table.md").read_text()
+
+
+def test_precision_float64_and_settings_guard(tmp_path, tiny_run):
+    """precision=float64 runs the network and every metric in float64 (the same rows as analyze_checkpoint on a
+    float64 copy); the settings are recorded and a resume with other settings is refused, tables untouched."""
+    from dnc_cli.analyze import load_run_config
+    from dnc_cli.config import Precision
+
+    acfg = AnalyzeConfig(progress=False, splits=["train"], precision=Precision.float64, gram_samples_per_class=0)
+    analyze_run(tiny_run, acfg, torch.device("cpu"))
+    df = pd.read_csv(tiny_run / "analysis/metrics.csv", keep_default_na=False)
+    cfg = load_run_config(tiny_run)
+    data = load_dataset(cfg.dataset, cfg.seed).to("cpu", torch.float64)
+    model = build_model(cfg.model, data.input_shape, data.num_classes).double()
+    model.load_state_dict(torch.load(tiny_run / "checkpoints/epoch_000006.pt", weights_only=True)["model"])
+    float64 = _rows_dict(analyze_checkpoint(model, data, acfg, torch.device("cpu")))
+    float32 = _rows_dict(analyze_checkpoint(model.float(), data.to("cpu", torch.float32), acfg, torch.device("cpu")))
+    final = df[df.epoch == 6]
+    got = {(r.split, r.layer, r.stage, r.metric): r.value for r in final.itertuples()}
+    assert got.keys() == float64.keys()
+    for key, value in float64.items():
+        assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key  # the csv keeps 10 digits
+    assert max(abs(float32[k] - v) / max(abs(v), 1e-12) for k, v in float64.items()) > 1e-9  # not float32
+    assert '"precision": "float64"' in (tiny_run / "analysis/settings.json").read_text()
+
+    table = (tiny_run / "analysis/metrics.csv").read_bytes()
+    result = run_cli("analyze", f"run_dir={tiny_run}", "splits=[train]", cwd=tmp_path)
+    assert_usage_error(result, "precision=float64", "force=true")
+    assert (tiny_run / "analysis/metrics.csv").read_bytes() == table
+    assert_usage_error(run_cli("analyze", f"run_dir={tiny_run}", "precision=float16", cwd=tmp_path), "float16",
+                       "float64")
+    result = run_cli("analyze", f"run_dir={tiny_run}", "splits=[train]", "force=true", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert '"precision": "float32"' in (tiny_run / "analysis/settings.json").read_text()

@@ -385,9 +385,10 @@ def test_pearson_and_nfa_correlation_against_numpy():
         power = vectors @ np.diag(np.clip(values, 0, None) ** alpha) @ vectors.T
         gram = weight.numpy().T @ weight.numpy()
         expected = np.corrcoef(gram.flatten(), power.flatten())[0, 1]
-        assert nfa_correlation(weight, agop, alpha) == pytest.approx(expected, rel=1e-10)
+        assert nfa_correlation(weight, psd_power(agop, alpha)) == pytest.approx(expected, rel=1e-10)
     # the NFA holds exactly when AGOP^(1/2) is proportional to W^T W
-    assert nfa_correlation(weight, 4.0 * (weight.T @ weight) @ (weight.T @ weight), 0.5) == pytest.approx(1.0)
+    gram = weight.T @ weight
+    assert nfa_correlation(weight, psd_power(4.0 * gram @ gram, 0.5)) == pytest.approx(1.0)
 
 
 # ----------------------------------------------------------------------------------------------------------
