@@ -146,8 +146,9 @@ def aliases(num_layers: int) -> dict[tuple[int, str], tuple[int, str]]:
 
 
 # ---------------------------------------------------------------------------------------------------- a checkpoint
-def analyze_checkpoint(model, data, acfg: AnalyzeConfig, device) -> list[tuple]:
-    """All rows (split, layer, stage, metric, value) for one checkpoint's model."""
+def analyze_checkpoint(model, data, acfg: AnalyzeConfig, device, unresolved: list[int] | None = None) -> list[tuple]:
+    """All rows (split, layer, stage, metric, value) for one checkpoint's model. `unresolved`, when given, receives
+    the layers whose `agop`-stage nc1 is set by rounding (see UNRESOLVED_HINT)."""
     model.eval()
     families = set(acfg.families)
     want_svd, want_nc = "svd" in families, "nc" in families
@@ -186,6 +187,12 @@ def analyze_checkpoint(model, data, acfg: AnalyzeConfig, device) -> list[tuple]:
         if with_agop:
             agops = layer_agops.compute()
             eighs = [psd_eigh(a) for a in agops]  # one decomposition per AGOP serves every power
+            if want_svd and unresolved is not None and x.dtype != torch.float64:
+                # Σ_B^† of the agop stage needs K-1 directions; an AGOP resolving fewer at the gradients'
+                # precision lets rounding supply the rest (float64's rounding stays below Σ_B^†'s cut-off)
+                eps = torch.finfo(x.dtype).eps
+                unresolved += [l for l, (values, _) in enumerate(eighs, start=1)
+                               if int((values > eps * values.max()).sum()) < num_classes - 1]
             powers = set(acfg.nfa.powers if "nfa" in families else []) | ({0.5} if want_svd else set())
             agop_powers = {p: [psd_power(a, p, e) for a, e in zip(agops, eighs)] for p in sorted(powers)}
             if want_svd:
@@ -238,6 +245,9 @@ def _no_grad_trace(model, h0):
 
 # ---------------------------------------------------------------------------------------------------- a run
 SETTINGS_FILE = "settings.json"
+UNRESOLVED_HINT = ("have fewer than K-1 eigenvalues above eps*lambda_max in float32, so their agop-stage nc1 (the "
+                   "Sigma_B^+ form; nc1_trace is fine) is set by rounding: precision=float64 force=true resolves it "
+                   "(README, Precision)")
 
 
 def check_settings(out_dir: Path, acfg: AnalyzeConfig, network: bool = True) -> dict:
@@ -338,7 +348,7 @@ def analyze_run(run_dir: Path, acfg: AnalyzeConfig, device: torch.device) -> lis
     dtype = getattr(torch, acfg.precision.value)
     data = data.to(device, dtype)
     model = build_model(cfg.model, data.input_shape, data.num_classes).to(device, dtype)
-    problems = []
+    problems, unresolved = [], {}  # unresolved: epoch -> layers whose agop-stage nc1 float32 cannot resolve
     from tqdm import tqdm
 
     for epoch in tqdm(epochs, desc=f"analyze {run_dir.name}", unit="ckpt",
@@ -354,10 +364,15 @@ def analyze_run(run_dir: Path, acfg: AnalyzeConfig, device: torch.device) -> lis
             model.load_state_dict(state)
         except RuntimeError as exc:
             raise UsageError(f"{path} does not match the run's model ({str(exc).splitlines()[0]})") from None
-        rows += [dict(zip(COLUMNS, (epoch, *row))) for row in analyze_checkpoint(model, data, acfg, device)]
+        layers = unresolved.setdefault(epoch, [])
+        rows += [dict(zip(COLUMNS, (epoch, *row))) for row in analyze_checkpoint(model, data, acfg, device, layers)]
         df = save_table(table, rows)  # after every checkpoint: an interrupted analysis resumes from here
         write_json(out_dir / SETTINGS_FILE, settings)
         log.info("%s epoch %d analysed", run_dir.name, epoch)
+    unresolved = {epoch: layers for epoch, layers in unresolved.items() if layers}
+    if unresolved:
+        log.warning("%s: at epoch(s) %s the AGOPs of layer(s) %s %s", run_dir, ", ".join(map(str, unresolved)),
+                    ", ".join(map(str, sorted(set().union(*unresolved.values())))), UNRESOLVED_HINT)
     if rows:
         df = save_table(table, rows)
         write_nc_table(out_dir / "nc_table.md", df, status)

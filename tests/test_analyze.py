@@ -279,3 +279,39 @@ def test_precision_float64_and_settings_guard(tmp_path, tiny_run):
     result = run_cli("analyze", f"run_dir={tiny_run}", "splits=[train]", "force=true", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert '"precision": "float32"' in (tiny_run / "analysis/settings.json").read_text()
+
+
+def test_agops_float32_cannot_resolve_are_reported(random_net_and_data, tiny_run, caplog, monkeypatch):
+    """An AGOP with fewer than K-1 eigenvalues above eps*lambda_max leaves the agop stage's Sigma_B^+ to rounding in
+    float32: analyze_checkpoint names its layer, analyze_run warns once per run; a healthy AGOP is not named."""
+    model, data = random_net_and_data
+    data32, cpu, acfg = data.to("cpu", torch.float32), torch.device("cpu"), AnalyzeConfig(splits=["train"])
+    healthy = []
+    analyze_checkpoint(model.float(), data32, acfg, cpu, healthy)
+    assert healthy == []
+    # rank-1 AGOP: every ReLU on (large bias) and equal classifier rows, so every sample's Jacobian is a W
+    torch.manual_seed(3)
+    model = build_model(ModelConfig(depth=1, width=9, init_gain=1.0, bias=True), (1, 1, 6), 4)
+    with torch.no_grad():
+        model.layers[0].bias.fill_(100.0)
+        model.classifier.weight.copy_(model.classifier.weight[:1].expand(4, -1))
+    rank_one = []
+    analyze_checkpoint(model, data32, acfg, cpu, rank_one)
+    assert rank_one == [1]
+    in_float64 = []  # float64 rounding stays below Sigma_B^+'s cut-off: nothing to report
+    analyze_checkpoint(model.double(), data, acfg, cpu, in_float64)
+    assert in_float64 == []
+
+    import dnc_cli.analyze as analyze_module
+
+    real = analyze_module.analyze_checkpoint
+
+    def with_layer_two_unresolved(*args):
+        rows = real(*args)
+        args[-1].append(2)
+        return rows
+
+    monkeypatch.setattr(analyze_module, "analyze_checkpoint", with_layer_two_unresolved)
+    analyze_run(tiny_run, AnalyzeConfig(progress=False, splits=["train"], gram_samples_per_class=0), cpu)
+    warnings = [r.getMessage() for r in caplog.records if "precision=float64" in r.getMessage()]
+    assert len(warnings) == 1 and "epoch(s) 0, 2, 4, 6" in warnings[0] and "layer(s) 2 " in warnings[0]
