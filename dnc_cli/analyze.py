@@ -148,7 +148,7 @@ def aliases(num_layers: int) -> dict[tuple[int, str], tuple[int, str]]:
 # ---------------------------------------------------------------------------------------------------- a checkpoint
 def analyze_checkpoint(model, data, acfg: AnalyzeConfig, device, unresolved: list[int] | None = None) -> list[tuple]:
     """All rows (split, layer, stage, metric, value) for one checkpoint's model. `unresolved`, when given, receives
-    the layers whose `agop`-stage nc1 is set by rounding (see UNRESOLVED_HINT)."""
+    the layers whose `agop`-stage nc1 is set by rounding (README, "Precision")."""
     model.eval()
     families = set(acfg.families)
     want_svd, want_nc = "svd" in families, "nc" in families
@@ -245,9 +245,6 @@ def _no_grad_trace(model, h0):
 
 # ---------------------------------------------------------------------------------------------------- a run
 SETTINGS_FILE = "settings.json"
-UNRESOLVED_HINT = ("have fewer than K-1 eigenvalues above eps*lambda_max in float32, so their agop-stage nc1 (the "
-                   "Sigma_B^+ form; nc1_trace is fine) is set by rounding: precision=float64 force=true resolves it "
-                   "(README, Precision)")
 
 
 def check_settings(out_dir: Path, acfg: AnalyzeConfig, network: bool = True) -> dict:
@@ -257,7 +254,7 @@ def check_settings(out_dir: Path, acfg: AnalyzeConfig, network: bool = True) -> 
     if network:  # Deep RFM's features come from its own float32 pipeline
         settings["precision"] = acfg.precision.value
     path = out_dir / SETTINGS_FILE
-    recorded = read_json(path) if path.exists() and not acfg.force else {}
+    recorded = read_json(path) if path.exists() and (out_dir / "metrics.csv").exists() and not acfg.force else {}
     for key, value in settings.items():
         if key in recorded and recorded[key] != value:
             raise UsageError(f"{out_dir} was analysed with {key}={recorded[key]}, not {value}; add force=true to "
@@ -371,8 +368,10 @@ def analyze_run(run_dir: Path, acfg: AnalyzeConfig, device: torch.device) -> lis
         log.info("%s epoch %d analysed", run_dir.name, epoch)
     unresolved = {epoch: layers for epoch, layers in unresolved.items() if layers}
     if unresolved:
-        log.warning("%s: at epoch(s) %s the AGOPs of layer(s) %s %s", run_dir, ", ".join(map(str, unresolved)),
-                    ", ".join(map(str, sorted(set().union(*unresolved.values())))), UNRESOLVED_HINT)
+        log.warning("%s: at epoch(s) %s the AGOPs of layer(s) %s have fewer than K-1 eigenvalues above "
+                    "eps*lambda_max in float32, so their agop-stage nc1 (the Sigma_B^+ form; nc1_trace is fine) is set "
+                    "by rounding: precision=float64 force=true resolves it (README, Precision)", run_dir,
+                    ", ".join(map(str, unresolved)), ", ".join(map(str, sorted(set().union(*unresolved.values())))))
     if rows:
         df = save_table(table, rows)
         write_nc_table(out_dir / "nc_table.md", df, status)
