@@ -79,7 +79,10 @@ class DatasetConfig:
     n_train: int | None = None  # None = all available
     n_test: int | None = None
     balanced: bool = True  # class-balanced subset; false = the first n (official)
-    standardize: bool = True  # per coordinate, training statistics, nan -> 0
+    # pixel: per input coordinate with the training statistics, constant coordinates -> 0; pixel_split: the same
+    # with each split's own statistics (the official nc_nn.py/deep_rfm.py); global: one mean and std over all
+    # training pixels (no coordinate is divided by a tiny std); none
+    standardize: str = "pixel"
     # synthetic only
     num_classes: int = 10
     dim: int = 32
@@ -194,8 +197,20 @@ def _need(ok: bool, message: str) -> None:
         raise UsageError(message)
 
 
+STANDARDIZE = ("pixel", "pixel_split", "global", "none")
+# runs written before `standardize` had modes stored a bool: true was the per-pixel standardisation
+STANDARDIZE_ALIASES = {"true": "pixel", "false": "none"}
+
+
+def standardize_mode(value) -> str:
+    mode = STANDARDIZE_ALIASES.get(str(value).lower(), str(value))
+    _need(mode in STANDARDIZE, f"dataset.standardize={value} is not a mode; valid: {', '.join(STANDARDIZE)}")
+    return mode
+
+
 def validate_train(cfg: TrainConfig) -> TrainConfig:
     d, m, o = cfg.dataset, cfg.model, cfg.optimizer
+    d.standardize = standardize_mode(d.standardize)
     _need(0.0 <= d.labels.random_fraction <= 1.0,
           f"dataset.labels.random_fraction={d.labels.random_fraction} is outside [0, 1]")
     for key, value in (("dataset.n_train", d.n_train), ("dataset.n_test", d.n_test)):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dnc_cli.config import DatasetConfig, DatasetName, RandomLabelMode
+from dnc_cli.config import DatasetConfig, DatasetName, RandomLabelMode, standardize_mode
 from dnc_cli.errors import UsageError
 
 # The subset of a dataset must not change with the training seed: seeds then differ in initialisation,
@@ -149,10 +149,19 @@ def load_dataset(cfg: DatasetConfig, seed: int) -> Data:
     x_train, y_train, x_test, y_test, num_classes = raw
     x_train, y_train = _subset(x_train, y_train, cfg.n_train, num_classes, cfg.balanced, "train")
     x_test, y_test = _subset(x_test, y_test, cfg.n_test, num_classes, cfg.balanced, "test")
-    if cfg.standardize:
-        # per input coordinate, with the training statistics; constant coordinates map to 0 (official: nan -> 0)
-        mean, std = x_train.mean(0), x_train.std(0)
-        x_train, x_test = ((torch.where(std > 0, (x - mean) / std, 0.0)) for x in (x_train, x_test))
+    standardize = standardize_mode(cfg.standardize)
+    if standardize in ("pixel", "pixel_split"):
+        # per input coordinate; constant coordinates map to 0 (official: nan -> 0). With the training statistics a
+        # pixel almost always 0 in training gets a tiny std, so a test image inked there explodes (results/README)
+        def per_pixel(x, reference):
+            mean, std = reference.mean(0), reference.std(0)
+            return torch.where(std > 0, (x - mean) / std, 0.0)
+
+        x_train, x_test = per_pixel(x_train, x_train), per_pixel(x_test, x_test if standardize == "pixel_split"
+                                                                 else x_train)
+    elif standardize == "global":
+        mean, std = x_train.mean(), x_train.std()
+        x_train, x_test = ((x - mean) / std for x in (x_train, x_test))
     labels, relabelled = randomize_labels(y_train, cfg.labels.random_fraction, cfg.labels.random_mode,
                                           num_classes, seed)
     return Data(Split(x_train.contiguous(), labels), Split(x_test.contiguous(), y_test), num_classes,

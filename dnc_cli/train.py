@@ -115,7 +115,8 @@ def save_atomic(obj, path: Path) -> None:
 
 
 def check_resume_config(run_dir: Path, plain: dict) -> None:
-    saved = OmegaConf.to_container(OmegaConf.load(run_dir / CONFIG_FILE))
+    # through the schema, so that a run written by an older dnc compares by its meaning (standardize: true = pixel)
+    saved = to_plain(validate_train(to_object(OmegaConf.load(run_dir / CONFIG_FILE), TrainConfig)))
 
     def diff(a, b, prefix=""):
         for key in sorted(set(a) | set(b)):

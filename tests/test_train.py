@@ -40,8 +40,8 @@ def test_balanced_subset_and_standardisation():
 
 def test_unbalanced_subset_takes_the_first_samples():
     full = load_dataset(DatasetConfig(), seed=0)
-    first = load_dataset(DatasetConfig(n_train=100, balanced=False, standardize=False), seed=0)
-    raw = load_dataset(DatasetConfig(standardize=False), seed=0)
+    first = load_dataset(DatasetConfig(n_train=100, balanced=False, standardize="none"), seed=0)
+    raw = load_dataset(DatasetConfig(standardize="none"), seed=0)
     assert torch.equal(first.train.labels, full.train.labels[:100])
     assert torch.equal(first.train.x, raw.train.x[:100])
 
