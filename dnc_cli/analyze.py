@@ -90,6 +90,9 @@ class LayerAGOPs:
         device = model.classifier.weight.device
         self.preact_sums = [torch.zeros(layer.out_features, layer.out_features, dtype=torch.float64, device=device)
                             for layer in model.layers]
+        # Σ_i g̃_ic per output c (K x m_l): the mean gradient that the centred-Jacobian AGOP subtracts
+        self.preact_grad_sums = [torch.zeros(model.classifier.out_features, layer.out_features, dtype=torch.float64,
+                                             device=device) for layer in model.layers]
         self.num_samples = 0
 
     def update(self, h0: torch.Tensor):
@@ -104,22 +107,39 @@ class LayerAGOPs:
                     mask = active.to(h0.dtype)
                     self.preact_sums[l - 1] += (classifier.T @ classifier).double() * (mask.T @ mask).double()
                     preact_grad = classifier.unsqueeze(1) * mask  # (K, B, m_L)
+                    self.preact_grad_sums[l - 1] += (classifier * mask.sum(0)).double()
                 else:
                     preact_grad = grad_out * active
                     add_gram(self.preact_sums[l - 1], preact_grad.reshape(-1, preact_grad.shape[-1]))
+                    self.preact_grad_sums[l - 1] += preact_grad.sum(1).double()
                 if l > 1:
                     grad_out = preact_grad @ self.model.layers[l - 1].weight.to(h0.dtype)
         self.num_samples += h0.shape[0]
         return trace
 
+    def preactivation_grams(self, centred: bool = False) -> list[torch.Tensor]:
+        """Per layer P_l = (1/N) Σ_i Σ_c g̃_ic g̃_icᵀ (m_l x m_l, float64), so that AGOP_l = W_lᵀ P_l W_l. `centred`:
+        with each output's mean gradient ḡ_c = (1/N) Σ_i g̃_ic subtracted, P_l - Σ_c ḡ_c ḡ_cᵀ: then W_lᵀ P_l W_l is
+        the AGOP of the Jacobians centred over the samples (aradha/agop_feature_learning, centering=True)."""
+        grams = []
+        for l, (total, grad_sum) in enumerate(zip(self.preact_sums, self.preact_grad_sums), start=1):
+            gram = (total if l == len(self.model.layers) else symmetrised(total)) / self.num_samples
+            if centred:
+                mean_grad = grad_sum / self.num_samples
+                gram = gram - mean_grad.T @ mean_grad
+            grams.append(gram)
+        return grams
+
     def compute(self) -> list[torch.Tensor]:
         """[AGOP_1, ..., AGOP_L], each (m_{l-1}, m_{l-1}) float64."""
-        agops = []
-        for l, (layer, total) in enumerate(zip(self.model.layers, self.preact_sums), start=1):
-            preact = total if l == len(self.model.layers) else symmetrised(total)
-            weight = layer.weight.detach().double()
-            agops.append(weight.T @ (preact / self.num_samples) @ weight)
-        return agops
+        return [sandwich(layer.weight, gram) for layer, gram in zip(self.model.layers, self.preactivation_grams())]
+
+
+def sandwich(weight: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    """weightᵀ gram weight in float64: the AGOP w.r.t. a layer's input from the Gram of its pre-activation
+    gradients (chain rule through W h)."""
+    weight = weight.detach().double()
+    return weight.T @ gram @ weight
 
 
 def representations(trace, svd: bool, stage_maps: list[torch.Tensor] | None = None,
@@ -146,9 +166,11 @@ def aliases(num_layers: int) -> dict[tuple[int, str], tuple[int, str]]:
 
 
 # ---------------------------------------------------------------------------------------------------- a checkpoint
-def analyze_checkpoint(model, data, acfg: AnalyzeConfig, device, unresolved: list[int] | None = None) -> list[tuple]:
+def analyze_checkpoint(model, data, acfg: AnalyzeConfig, device, unresolved: list[int] | None = None,
+                       initial_weights: list[torch.Tensor] | None = None) -> list[tuple]:
     """All rows (split, layer, stage, metric, value) for one checkpoint's model. `unresolved`, when given, receives
-    the layers whose `agop`-stage nc1 is set by rounding (README, "Precision")."""
+    the layers whose `agop`-stage nc1 is set by rounding (README, "Precision"). `initial_weights`: the layers' W₀
+    (epoch 0), for the NFA forms that remove the initialisation."""
     model.eval()
     families = set(acfg.families)
     want_svd, want_nc = "svd" in families, "nc" in families
@@ -162,7 +184,7 @@ def analyze_checkpoint(model, data, acfg: AnalyzeConfig, device, unresolved: lis
         for layer in model.layers:
             _, s, vh = torch.linalg.svd(layer.weight.detach(), full_matrices=False)
             right_maps.append(s[:, None] * vh)
-    agop_powers = agop_roots = stage_maps = None
+    agop_powers = agop_roots = stage_maps = train_agops = None
 
     for split in ("train", "test"):
         if split not in acfg.splits and not (split == "train" and want_agop):
@@ -185,7 +207,7 @@ def analyze_checkpoint(model, data, acfg: AnalyzeConfig, device, unresolved: lis
                 means.setdefault(key, ClassMeans(num_classes)).update(features, yb)
         means = {key: acc.compute() for key, acc in means.items()}
         if with_agop:
-            agops = layer_agops.compute()
+            train_agops, agops = layer_agops, layer_agops.compute()
             eighs = [psd_eigh(a) for a in agops]  # one decomposition per AGOP serves every power
             if want_svd and unresolved is not None and x.dtype != torch.float64:
                 # Σ_B^† of the agop stage needs K-1 directions; an AGOP resolving fewer at the gradients'
@@ -231,10 +253,48 @@ def analyze_checkpoint(model, data, acfg: AnalyzeConfig, device, unresolved: lis
             rows.append((split, num_layers, "", "nc3",
                          nc3(model.classifier.weight.detach(), means[(num_layers, "")], gm)))
     if "nfa" in families:
+        rows += nfa_rows(model, train_agops, agop_powers, acfg.nfa, initial_weights)
+    return rows
+
+
+def nfa_metric(form: str, power: float) -> str:
+    return f"nfa_corr_{power:g}" if form == "standard" else f"nfa_{form}_corr_{power:g}"
+
+
+def nfa_rows(model, layer_agops: LayerAGOPs, agop_powers: dict, options, initial_weights) -> list[tuple]:
+    """The NFA correlations of every layer, in each of `options.forms` (PAPER.md, AGOP and the NFA; W̃ = W - W₀):
+    * standard: corr(WᵀW, AGOP^α) (the paper);
+    * centered: corr(W̃ᵀW̃, (W̃ᵀ P W̃)^α), P the pre-activation gradient Gram: dmbeaglehole/centered_NFA
+      (MLP/main.py: c_nfm = Wbᵀ Wb, c_agop = Wbᵀ K Wb, Wb = W - W0; its number is α = 1);
+    * init_removed: corr(W̃ᵀW̃, AGOP^α): aradha/agop_feature_learning, ansatz_verification/mlps/verify_deep_NFA.py
+      (remove_init, centering=False; α = 1/2 there);
+    * init_removed_centered: the same with the Jacobians centred over the samples (that script's centering=True).
+    Forms that need W₀ are skipped when the run has no epoch-0 checkpoint (initial_weights is None)."""
+    rows, grams, centred_grams = [], None, None
+    for form in options.forms:
+        if form != "standard" and initial_weights is None:
+            continue
         for l, layer in enumerate(model.layers, start=1):
-            for power in acfg.nfa.powers:
-                rows.append(("train", l, "", f"nfa_corr_{power:g}",
-                             nfa_correlation(layer.weight.detach(), agop_powers[power][l - 1])))
+            weight = layer.weight.detach()
+            if form == "standard":
+                nfm_weight, powers = weight, [agop_powers[p][l - 1] for p in options.powers]
+            else:
+                nfm_weight = weight.double() - initial_weights[l - 1].double()
+                if not nfm_weight.any():  # at initialisation W̃ = 0: no correlation is defined
+                    continue
+                if form == "init_removed":
+                    powers = [agop_powers[p][l - 1] for p in options.powers]
+                else:
+                    if form == "centered":
+                        grams = grams or layer_agops.preactivation_grams()
+                        agop = sandwich(nfm_weight, grams[l - 1])
+                    else:
+                        centred_grams = centred_grams or layer_agops.preactivation_grams(centred=True)
+                        agop = sandwich(weight, centred_grams[l - 1])
+                    eigh = psd_eigh(agop)
+                    powers = [psd_power(agop, p, eigh) for p in options.powers]
+            rows += [("train", l, "", nfa_metric(form, p), nfa_correlation(nfm_weight, agop_power))
+                     for p, agop_power in zip(options.powers, powers)]
     return rows
 
 
@@ -346,6 +406,15 @@ def analyze_run(run_dir: Path, acfg: AnalyzeConfig, device: torch.device) -> lis
     data = data.to(device, dtype)
     model = build_model(cfg.model, data.input_shape, data.num_classes).to(device, dtype)
     problems, unresolved = [], {}  # unresolved: epoch -> layers whose agop-stage nc1 float32 cannot resolve
+    initial_weights = None
+    if "nfa" in acfg.families and set(acfg.nfa.forms) - {"standard"}:
+        first = run_dir / "checkpoints" / checkpoint_name(0)
+        if first.exists():
+            model.load_state_dict(torch.load(first, map_location=device, weights_only=True)["model"])
+            initial_weights = [layer.weight.detach().clone() for layer in model.layers]
+        else:
+            log.warning("%s: no epoch-0 checkpoint, so no W0: NFA forms %s skipped", run_dir,
+                        ", ".join(f for f in acfg.nfa.forms if f != "standard"))
     from tqdm import tqdm
 
     for epoch in tqdm(epochs, desc=f"analyze {run_dir.name}", unit="ckpt",
@@ -362,7 +431,8 @@ def analyze_run(run_dir: Path, acfg: AnalyzeConfig, device: torch.device) -> lis
         except RuntimeError as exc:
             raise UsageError(f"{path} does not match the run's model ({str(exc).splitlines()[0]})") from None
         layers = unresolved.setdefault(epoch, [])
-        rows += [dict(zip(COLUMNS, (epoch, *row))) for row in analyze_checkpoint(model, data, acfg, device, layers)]
+        rows += [dict(zip(COLUMNS, (epoch, *row))) for row in analyze_checkpoint(model, data, acfg, device, layers,
+                                                                               initial_weights)]
         df = save_table(table, rows)  # after every checkpoint: an interrupted analysis resumes from here
         write_json(out_dir / SETTINGS_FILE, settings)
         log.info("%s epoch %d analysed", run_dir.name, epoch)

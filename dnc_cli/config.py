@@ -65,6 +65,9 @@ class Precision(Enum):
     float64 = "float64"  # network, AGOPs and metrics in float64: for numerically low-rank AGOPs (see README)
 
 
+NFA_FORMS = ("standard", "centered", "init_removed", "init_removed_centered")
+
+
 @dataclass
 class LabelsConfig:
     random_fraction: float = 0.0
@@ -155,6 +158,9 @@ class NC1Options:
 @dataclass
 class NFAOptions:
     powers: list[float] = field(default_factory=lambda: [0.5, 1.0])
+    # standard: corr(WᵀW, AGOP^α); centered (dmbeaglehole/centered_NFA), init_removed, init_removed_centered
+    # (aradha/agop_feature_learning): with W - W₀, see dnc_cli/analyze.py `nfa_rows`
+    forms: list[str] = field(default_factory=lambda: list(NFA_FORMS))
 
 
 @dataclass
@@ -267,6 +273,8 @@ def validate_analyze(cfg: AnalyzeConfig) -> AnalyzeConfig:
         _need(family in FAMILIES, f"families contains '{family}'; valid: {', '.join(FAMILIES)}")
     _need(len(cfg.splits) > 0, "splits=[] is empty; valid: train, test")
     _need(all(p > 0 for p in cfg.nfa.powers), f"nfa.powers={cfg.nfa.powers} must be positive")
+    for form in cfg.nfa.forms:
+        _need(form in NFA_FORMS, f"nfa.forms contains '{form}'; valid: {', '.join(NFA_FORMS)}")
     _need(cfg.batch_size >= 1, f"batch_size={cfg.batch_size} must be >= 1")
     _need(cfg.gram_samples_per_class >= 0, f"gram_samples_per_class={cfg.gram_samples_per_class} must be >= 0")
     _need(cfg.jobs >= 1, f"jobs={cfg.jobs} must be >= 1")

@@ -29,7 +29,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from dnc_cli.cli import fail
-from dnc_cli.config import ReportConfig, to_object
+from dnc_cli.config import NFA_FORMS, ReportConfig, to_object
 from dnc_cli.errors import UsageError
 from dnc_cli.runs import CONFIG_FILE, find_runs, read_json, require_run_dir, write_text
 
@@ -326,8 +326,8 @@ def judge_where(n: dict[str, float], cfg: ReportConfig) -> tuple[str, str]:
 def measure_nfa(run: RunData, cfg: ReportConfig) -> Measured:
     if run.is_rfm:
         return Measured(not_applicable="a Deep RFM has no trained weights (its AGOP is the feature matrix itself)")
-    nfa = run.rows("train", "")
-    nfa = nfa[nfa["metric"].str.startswith("nfa_corr_")]
+    all_nfa = run.rows("train", "")
+    nfa = all_nfa[all_nfa["metric"].str.startswith("nfa_corr_")]
     if nfa.empty:
         return Measured(not_applicable="no NFA correlations in the table: run `dnc analyze` with families including "
                                        "nfa")
@@ -347,6 +347,14 @@ def measure_nfa(run: RunData, cfg: ReportConfig) -> Measured:
                               f"α={alpha}|final": run.value("train", final, layer, "", metric)}
         numbers[f"α={alpha}|first"] = _mean(row.get(f"α={alpha}|first", math.nan) for row in layers.values())
         numbers[f"α={alpha}|final"] = _mean(row.get(f"α={alpha}|final", math.nan) for row in layers.values())
+    # the other NFA forms (dnc_cli/analyze.py `nfa_rows`), reported at the final checkpoint, never judged
+    for form in NFA_FORMS[1:]:
+        prefix = f"nfa_{form}_corr_"
+        for metric in sorted(m for m in all_nfa["metric"].unique() if m.startswith(prefix)):
+            key = f"{form} α={metric.removeprefix(prefix)}|final"
+            for layer, row in layers.items():
+                row[key] = run.value("train", final, layer, "", metric)
+            numbers[key] = _mean(row[key] for row in layers.values())
     alpha = f"α={cfg.nfa_power:g}"
     numbers["rise"] = numbers[f"{alpha}|final"] - numbers[f"{alpha}|first"] if final > first else math.nan
     rose = [row[f"{alpha}|final"] > row[f"{alpha}|first"] for row in layers.values()

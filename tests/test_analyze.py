@@ -259,9 +259,12 @@ def test_precision_float64_and_settings_guard(tmp_path, tiny_run):
     cfg = load_run_config(tiny_run)
     data = load_dataset(cfg.dataset, cfg.seed).to("cpu", torch.float64)
     model = build_model(cfg.model, data.input_shape, data.num_classes).double()
+    model.load_state_dict(torch.load(tiny_run / "checkpoints/epoch_000000.pt", weights_only=True)["model"])
+    initial = [layer.weight.detach().clone() for layer in model.layers]  # W₀ for the NFA forms
     model.load_state_dict(torch.load(tiny_run / "checkpoints/epoch_000006.pt", weights_only=True)["model"])
-    float64 = _rows_dict(analyze_checkpoint(model, data, acfg, torch.device("cpu")))
-    float32 = _rows_dict(analyze_checkpoint(model.float(), data.to("cpu", torch.float32), acfg, torch.device("cpu")))
+    float64 = _rows_dict(analyze_checkpoint(model, data, acfg, torch.device("cpu"), initial_weights=initial))
+    float32 = _rows_dict(analyze_checkpoint(model.float(), data.to("cpu", torch.float32), acfg, torch.device("cpu"),
+                                            initial_weights=initial))
     final = df[df.epoch == 6]
     got = {(r.split, r.layer, r.stage, r.metric): r.value for r in final.itertuples()}
     assert got.keys() == float64.keys()
@@ -308,10 +311,83 @@ def test_agops_float32_cannot_resolve_are_reported(random_net_and_data, tiny_run
 
     def with_layer_two_unresolved(*args):
         rows = real(*args)
-        args[-1].append(2)
+        args[4].append(2)  # the `unresolved` list
         return rows
 
     monkeypatch.setattr(analyze_module, "analyze_checkpoint", with_layer_two_unresolved)
     analyze_run(tiny_run, AnalyzeConfig(progress=False, splits=["train"], gram_samples_per_class=0), cpu)
     warnings = [r.getMessage() for r in caplog.records if "precision=float64" in r.getMessage()]
     assert len(warnings) == 1 and "epoch(s) 0, 2, 4, 6" in warnings[0] and "layer(s) 2 " in warnings[0]
+
+
+def naive_jacobians(model, h0, wrt: str):
+    """Per layer, the per-sample Jacobians (N x K x m) of the K outputs w.r.t. the layer's input h_{l-1}
+    (wrt="input") or its pre-activation W_l h_{l-1} (wrt="preact"), by autograd."""
+    jacobians = []
+    for start in range(len(model.layers)):
+        def subnet(v, start=start):
+            h = model.act(v) if wrt == "preact" else model.act(model.layers[start](v))
+            for layer in model.layers[start + 1:]:
+                h = model.act(layer(h))
+            return model.classifier(h)
+
+        with torch.no_grad():
+            h = h0
+            for layer in model.layers[:start]:
+                h = model.act(layer(h))
+            v = model.layers[start](h) if wrt == "preact" else h
+        jacobians.append(torch.stack([torch.autograd.functional.jacobian(subnet, vi) for vi in v]))
+    return jacobians
+
+
+def test_nfa_forms_match_naive_references(random_net_and_data):
+    """Each NFA form against its definition from per-sample autograd Jacobians (numpy's corrcoef as Pearson)."""
+    model, data = random_net_and_data
+    torch.manual_seed(1)
+    initial = [torch.randn_like(layer.weight) * 0.3 for layer in model.layers]
+    acfg = AnalyzeConfig(batch_size=37, families=["nfa"])
+    rows = _rows_dict(analyze_checkpoint(model, data, acfg, torch.device("cpu"), initial_weights=initial))
+    h0 = model.embed(data.train.x)
+    n = len(h0)
+    input_jac, preact_jac = naive_jacobians(model, h0, "input"), naive_jacobians(model, h0, "preact")
+
+    def power(matrix, alpha):
+        values, vectors = np.linalg.eigh(matrix)
+        return (vectors * np.clip(values, 0, None) ** alpha) @ vectors.T
+
+    def corr(a, b):
+        return np.corrcoef(a.flatten(), b.flatten())[0, 1]
+
+    for l, layer in enumerate(model.layers, start=1):
+        weight = layer.weight.detach().numpy()
+        delta = weight - initial[l - 1].numpy()
+        jac, pre = input_jac[l - 1].numpy(), preact_jac[l - 1].numpy()
+        agop = np.einsum("nkd,nke->de", jac, jac) / n
+        centred = jac - jac.mean(0, keepdims=True)
+        agop_centred_grads = np.einsum("nkd,nke->de", centred, centred) / n
+        preact_gram = np.einsum("nkd,nke->de", pre, pre) / n
+        for alpha in (0.5, 1.0):
+            expected = {"nfa_corr": corr(weight.T @ weight, power(agop, alpha)),
+                        "nfa_centered_corr": corr(delta.T @ delta, power(delta.T @ preact_gram @ delta, alpha)),
+                        "nfa_init_removed_corr": corr(delta.T @ delta, power(agop, alpha)),
+                        "nfa_init_removed_centered_corr": corr(delta.T @ delta, power(agop_centred_grads, alpha))}
+            for name, value in expected.items():
+                assert rows[("train", l, "", f"{name}_{alpha:g}")] == pytest.approx(value, rel=1e-9), (l, name)
+
+
+def test_nfa_forms_closed_form_cases(random_net_and_data):
+    """W₀ = 0: removing the initialisation changes nothing, so centered and init_removed equal the paper's form;
+    W₀ = W (the epoch-0 checkpoint itself): W̃ = 0 has no correlation, and no row is written."""
+    model, data = random_net_and_data
+    acfg = AnalyzeConfig(families=["nfa"])
+    zeros = [torch.zeros_like(layer.weight) for layer in model.layers]
+    rows = _rows_dict(analyze_checkpoint(model, data, acfg, torch.device("cpu"), initial_weights=zeros))
+    for l in (1, 2):
+        for alpha in ("0.5", "1"):
+            standard = rows[("train", l, "", f"nfa_corr_{alpha}")]
+            assert rows[("train", l, "", f"nfa_centered_corr_{alpha}")] == pytest.approx(standard, rel=1e-12)
+            assert rows[("train", l, "", f"nfa_init_removed_corr_{alpha}")] == pytest.approx(standard, rel=1e-12)
+    same = [layer.weight.detach().clone() for layer in model.layers]
+    metrics = {key[3] for key in _rows_dict(analyze_checkpoint(model, data, acfg, torch.device("cpu"),
+                                                               initial_weights=same))}
+    assert metrics == {"nfa_corr_0.5", "nfa_corr_1"}
