@@ -20,19 +20,18 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
 import torch
+from common import finish, machine, mixture, now, rel, runs, timed
 
-from dnc_cli.metrics import ClassMeans, NeuralCollapse, pearson
+from dnc_cli.metrics.agop import pearson
+from dnc_cli.metrics.collapse import ClassMeans, NeuralCollapse
 
 # imported by load() -- not in the --rss-child subprocess, whose peak RSS should be dnc's NC1 and torch only
 official = dnc_analyze = AnalyzeConfig = ModelConfig = Data = Split = build_model = None
@@ -50,40 +49,13 @@ def load():
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import official_baseline as official
 
-    from dnc_cli import analyze as dnc_analyze
+    from dnc_cli.analyze import network as dnc_analyze
     from dnc_cli.config import AnalyzeConfig, ModelConfig
     from dnc_cli.data import Data, Split
-    from dnc_cli.models import build_model
-
-
-def now():
-    return time.perf_counter()
-
-
-def timed(fn, *args, **kwargs):
-    start = now()
-    out = fn(*args, **kwargs)
-    return now() - start, out
-
-
-def rel(a: float, b: float) -> float:
-    return abs(a - b) / max(abs(b), 1e-300)
-
-
-def runs(values):
-    return " ".join(f"{v:.2f}" for v in values)
+    from dnc_cli.models.networks import build_model
 
 
 # ------------------------------------------------------------------------------------------- 1. analyze
-def mixture(n: int, num_classes: int, seed: int):
-    """MNIST-shaped (N, 1, 28, 28) Gaussian mixture: class means plus isotropic noise."""
-    g = torch.Generator().manual_seed(seed)
-    means = torch.randn(num_classes, 784, generator=g)
-    labels = torch.randperm(n, generator=g) % num_classes
-    x = 0.6 * means[labels] + torch.randn(n, 784, generator=g)
-    return x.reshape(n, 1, 28, 28), labels
-
-
 def trained_mlp(x, labels, num_classes: int, depth: int, width: int, seed: int, steps: int = 60):
     """The paper's MLP (bias-free Linear+ReLU) at xavier gain 1, moved off its init by a few Adam steps on MSE
     with +-1 targets, so that ReLUs are active and the metrics non-degenerate."""
@@ -420,23 +392,6 @@ def bench_nc1_64k(size, seed):
 
 
 # ------------------------------------------------------------------------------------------- report
-def load_average() -> str:
-    return " ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-
-
-def machine():
-    model = platform.processor() or "unknown"
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return (f"{model}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, load avg (1/5/15 min) {load_average()}, "
-            f"{time.strftime('%Y-%m-%d %H:%M')}")
-
-
 def report_analyze(size, r, misses):
     t = {k: min(v) for k, v in r["times"].items()}
     speedup, floor_factor = t["baseline"] / t["dnc"], t["dnc"] / t["floor"]
@@ -539,15 +494,7 @@ def main():
         report_nc1_16k(size, bench_nc1_16k(size, args.seed), misses)
     if rss is not None:
         report_nc1_64k(size, rss, misses)
-    print(f"\nwall time {now() - wall:.0f} s; load avg (1/5/15 min) at the end {load_average()}")
-    if args.quick:
-        for miss in misses:
-            print(f"(quick run, not enforced) {miss}")
-        return 0
-    for miss in misses:
-        print(f"TARGET MISSED: {miss}", file=sys.stderr)
-    print("all targets met" if not misses else f"{len(misses)} target(s) missed (see stderr)")
-    return 1 if misses else 0
+    return finish(misses, wall, "all targets met", enforced=not args.quick)
 
 
 if __name__ == "__main__":

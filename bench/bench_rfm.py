@@ -1,15 +1,16 @@
 """`make bench` (part 2): Deep RFM's closed-form AGOP against autograd, and the time of one Deep RFM layer.
 
-1. agop: `dnc_cli.rfm.kernel_agop` (closed-form gradients of the kernel predictor f(z) = sum_j alpha_j k(z, x_j)
-   at the training points, float64) against autograd: per-sample Jacobians of f by torch.func.vmap(jacrev(f)) in
-   batches, float64, with the same self term left out (for x_i, the sum runs over j != i, as the closed form does:
-   the Laplace kernel is not differentiable at z = x_i). Both AGOPs are (1/N) sum_i J_i^T J_i. Data: N = 2,000
-   MNIST-shaped Gaussian-mixture samples (d = 784), unit rows as in Deep RFM step 1, alpha from the kernel ridge
-   solve (ridge 1e-3), K = 10. Prints both times, the ratio and the maximum relative difference (enforced <= 1e-8).
+1. agop: `dnc_cli.models.kernels.kernel_agop` (closed-form gradients of the kernel predictor
+   f(z) = sum_j alpha_j k(z, x_j) at the training points, float64) against autograd: per-sample Jacobians of f by
+   torch.func.vmap(jacrev(f)) in batches, float64, with the same self term left out (for x_i, the sum runs over
+   j != i, as the closed form does: the Laplace kernel is not differentiable at z = x_i). Both AGOPs are
+   (1/N) sum_i J_i^T J_i. Data: N = 2,000 MNIST-shaped Gaussian-mixture samples (d = 784), unit rows as in Deep RFM
+   step 1, alpha from the kernel ridge solve (ridge 1e-3), K = 10. Prints both times, the ratio and the maximum
+   relative difference (enforced <= 1e-8).
 2. layer: one Deep RFM layer at N = 8,000 (2,000 test), d = 784 -> width 1,024 (ReLU random features), Laplace
-   kernel: `dnc_cli.rfm.fit_deep_rfm` with depth = 2, its parts timed by wrapping rfm's functions (kernel matrix,
-   Cholesky solve, accuracies, closed-form AGOP, eigh for M^1/2, feature map). Layer 1 works on d = 784 and maps to
-   the 1,024 random features; layer 2 works on d = 1,024 (and, being the last, maps nothing).
+   kernel: `dnc_cli.models.deep_rfm.fit_deep_rfm` with depth = 2, its parts timed by wrapping the functions it calls
+   (kernel matrix, Cholesky solve, accuracies, closed-form AGOP, eigh for M^1/2, feature map). Layer 1 works on
+   d = 784 and maps to the 1,024 random features; layer 2 works on d = 1,024 (and, being the last, maps nothing).
 
 Timings are the minimum of back-to-back repeats in this process (the cores are shared). `--quick`: small sizes.
 Exit status 1 when the two AGOPs differ by more than 1e-8 (relative to the largest entry).
@@ -23,9 +24,10 @@ from collections import defaultdict
 
 import torch
 import torch.nn.functional as F
-from bench_analyze import load_average, machine, mixture, now, runs, timed
+from common import finish, machine, mixture, now, runs, timed
 
-from dnc_cli import rfm
+from dnc_cli.config import ModelConfig, ModelName
+from dnc_cli.models import deep_rfm as rfm
 
 FULL = dict(n_agop=2000, repeats=3, n_train=8000, n_test=2000, width=1024, batch=250)
 QUICK = dict(n_agop=500, repeats=2, n_train=1000, n_test=250, width=256, batch=250)
@@ -72,7 +74,7 @@ def kernel_problem(n: int, num_classes: int, kind: str, bandwidth: float, ridge:
 
 
 def bench_agop(size, seed: int):
-    cfg = rfm.RFMConfig()
+    cfg = ModelConfig(name=ModelName.deep_rfm)
     out = {}
     for kind in KERNELS:
         x, alpha = kernel_problem(size["n_agop"], 10, kind, cfg.bandwidth, cfg.ridge, seed)
@@ -96,7 +98,7 @@ class PartTimer:
     (steps 1-4) are credited to layer l; its feature map (step 5), which runs after the layer's on_layer call, too."""
 
     PARTS = {"unit_rows": "unit-norm rows", "kernel_matrix": "kernel K_XX (float32)",
-             "solve_kernel_ridge": "Cholesky solve (float64)", "_times_float64": "train accuracy (K_XX alpha)",
+             "solve_kernel_ridge": "Cholesky solve (float64)", "times_float64": "train accuracy (K_XX alpha)",
              "kernel_predict": "test predictions (kernel blocks)", "kernel_agop": "closed-form AGOP (float64)",
              "psd_power": "eigh -> M^1/2 (psd_power)", "random_feature_map": "step 5: draw Phi_l",
              "_layer_step": "step 5: X P^T and Phi_l (train + test)"}
@@ -143,9 +145,9 @@ def bench_layer(size, seed: int):
     x, labels = mixture(size["n_train"] + size["n_test"], num_classes, seed)
     x_train, y_train = x[:size["n_train"]], labels[:size["n_train"]]
     x_test, y_test = x[size["n_train"]:], labels[size["n_train"]:]
-    cfg = rfm.RFMConfig(depth=2, width=size["width"], seed=seed)
+    cfg = ModelConfig(name=ModelName.deep_rfm, depth=2, width=size["width"])
     with PartTimer() as timer:
-        seconds, layers = timed(rfm.fit_deep_rfm, x_train, y_train, x_test, y_test, num_classes, cfg,
+        seconds, layers = timed(rfm.fit_deep_rfm, x_train, y_train, x_test, y_test, num_classes, cfg, seed,
                                 on_layer=timer.on_layer)
     return dict(total=seconds, parts={k: dict(v) for k, v in timer.seconds.items()}, elapsed=timer.elapsed,
                 accuracy=[(r.train_acc, r.test_acc) for r in layers], cfg=cfg)
@@ -153,8 +155,8 @@ def bench_layer(size, seed: int):
 
 # ------------------------------------------------------------------------------------------- report
 def report_agop(size, r, misses):
-    cfg = rfm.RFMConfig()
-    print(f"\n## 1. AGOP of the kernel predictor: closed form (dnc_cli.rfm.kernel_agop) vs autograd "
+    cfg = ModelConfig(name=ModelName.deep_rfm)
+    print(f"\n## 1. AGOP of the kernel predictor: closed form (dnc_cli.models.kernels.kernel_agop) vs autograd "
           f"(vmap(jacrev(f)), batches of {size['batch']}), float64, K=10, bandwidth {cfg.bandwidth:g}, ridge "
           f"{cfg.ridge:g}")
     print(f"{'kernel':<10}{'N x d':<12}{'closed form':>12}{'autograd':>10}{'ratio':>8}{'max rel diff':>14}"
@@ -201,11 +203,7 @@ def main():
         report_agop(size, bench_agop(size, args.seed), misses)
     if "layer" in only:
         report_layer(size, bench_layer(size, args.seed))
-    print(f"\nwall time {now() - wall:.0f} s; load avg (1/5/15 min) at the end {load_average()}")
-    for miss in misses:
-        print(f"TARGET MISSED: {miss}", file=sys.stderr)
-    print("closed form and autograd agree" if not misses else f"{len(misses)} check(s) failed (see stderr)")
-    return 1 if misses else 0
+    return finish(misses, wall, "closed form and autograd agree")
 
 
 if __name__ == "__main__":

@@ -13,11 +13,15 @@ import sys
 
 from omegaconf import OmegaConf, open_dict
 
+from dnc_cli.errors import UsageError, fail
+from dnc_cli.runs import RESUME_IN_SWEEPS
+
+# each command's module: its Hydra app `main` and `check(cfg)`, the validation the dispatcher runs first
 COMMANDS = {
-    "train": ("dnc_cli.train", "train a network (or build a Deep RFM) and save checkpoints"),
-    "analyze": ("dnc_cli.analyze", "NC1-NC4, SVD-decomposed NC1 and NFA per layer and checkpoint"),
-    "plot": ("dnc_cli.plot_cmd", "the paper's figures from the analysis tables"),
-    "report": ("dnc_cli.report", "the paper's claims, judged from a run's or a sweep's tables (report.md)"),
+    "train": ("dnc_cli.train.command", "train a network (or build a Deep RFM) and save checkpoints"),
+    "analyze": ("dnc_cli.analyze.command", "NC1-NC4, SVD-decomposed NC1 and NFA per layer and checkpoint"),
+    "plot": ("dnc_cli.plot.command", "the paper's figures from the analysis tables"),
+    "report": ("dnc_cli.report.command", "the paper's claims, judged from a run's or a sweep's tables (report.md)"),
 }
 
 USAGE = "usage: dnc <command> [key=value ...] [-m] [--help] [--cfg job]\n\ncommands:\n" + "\n".join(
@@ -31,12 +35,6 @@ _FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-name", "-cn", "
                      "--config-dir", "-cd", "--experimental-rerun"}
 # Hydra flags after which we do not pre-compose (Hydra prints help/info itself)
 _INFO_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--version"}
-
-
-def fail(command: str, message: str) -> None:
-    """The one way a command reports bad input: one line on stderr, exit status 2."""
-    print(f"dnc {command}: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def _overrides(args: list[str]) -> list[str] | None:
@@ -72,39 +70,6 @@ def _compose_error(exc: Exception) -> str:
     return " ".join(dict.fromkeys(lines))  # unique, in order
 
 
-def job_gpu() -> str:
-    """`device='${dnc_job_gpu:}'`: job n of a sweep on GPU n mod #GPUs (cpu without CUDA; GPU 0 outside sweeps)."""
-    import torch
-    from hydra.core.hydra_config import HydraConfig
-
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if not count:
-        return "cpu"
-    job = HydraConfig.get().job if HydraConfig.initialized() else None
-    num = job.num if job is not None and not OmegaConf.is_missing(job, "num") else 0
-    return f"cuda:{int(num) % count}"
-
-
-def resume_here() -> str | None:
-    """`resume='${dnc_resume:}'`: this job's own folder when it holds checkpoints/last.pt, else null. `dnc train`
-    gives it to every sweep job, so a job requeued after pre-emption (SLURM) or a sweep launched again into the
-    same hydra.sweep.dir continues its runs instead of refusing to overwrite them."""
-    from pathlib import Path
-
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized() or OmegaConf.is_missing(HydraConfig.get().runtime, "output_dir"):
-        return None  # composing, before the job's folder is known
-    folder = Path(HydraConfig.get().runtime.output_dir)
-    return str(folder) if (folder / "checkpoints" / "last.pt").is_file() else None
-
-
-# registered here because every command (and every sweep job a launcher unpickles) imports this module
-OmegaConf.register_new_resolver("dnc_job_gpu", job_gpu, replace=True)
-OmegaConf.register_new_resolver("dnc_resume", resume_here, replace=True)
-RESUME_IN_SWEEPS = "resume=${dnc_resume:}"
-
-
 def _stand_in_job(cfg) -> None:
     """A sweep job's number and id exist only at launch: stand-ins let `${hydra:job.num}` resolve in the check."""
     from hydra.core.hydra_config import HydraConfig
@@ -137,8 +102,6 @@ def _check_config(command: str, module, overrides: list[str]) -> bool:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.types import RunMode
     from omegaconf.errors import OmegaConfBaseException
-
-    from dnc_cli.errors import UsageError
 
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)

@@ -1,8 +1,11 @@
-"""Config schemas of every command, registered in Hydra's ConfigStore.
+"""The config of every command: one schema per config group, with every default, and its validation.
 
-Each YAML file in `conf/` is merged on top of these dataclasses, so a typo in a key or a bad enum value is
-caught when Hydra composes the config; `validate_*` adds the range checks that types cannot express. The
-dataclasses are the single place that lists every option with its default.
+The dataclasses below are the single place that lists every option with its default; Hydra's ConfigStore holds
+them as `train_schema`, `analyze_schema`, `plot_schema` and `report_schema`, and the YAML files in `conf/` merge
+on top of them. So the YAML holds only defaults lists, Hydra settings and the values that differ per option of a
+group (`conf/model/deep_rfm.yaml`: depth 10, width 4096), and a typo in a key or a bad enum value fails when Hydra
+composes. `validate_*` adds the range checks that types cannot express. The resolvers the YAML uses
+(`${dnc_run_dir:...}`, `${dnc_resume:}`, `${dnc_job_gpu:}`) are registered by dnc_cli/runs.py.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from dnc_cli.devices import validate_device
 from dnc_cli.errors import UsageError
 
 
@@ -65,9 +69,21 @@ class Precision(Enum):
     float64 = "float64"  # network, AGOPs and metrics in float64: for numerically low-rank AGOPs (see README)
 
 
-NFA_FORMS = ("standard", "centered", "init_removed", "init_removed_centered")
+SPLITS = ("train", "test")
+FAMILIES = ("nc", "svd", "nfa")  # nc: NC1-NC4 per layer; svd: NC1 of input/right/left/activation/agop; nfa: WᵀW vs AGOP
+NC1_FORMS = ("nc1_trace", "nc1")  # tr(Σ_W)/tr(Σ_B) (the paper's figures) | tr(Σ_W Σ_B^†)/K (PAPER.md, NC1)
+NFA_FORMS = ("standard", "centered", "init_removed", "init_removed_centered")  # README, "NFA forms"
+FIGURE_FORMATS = ("png", "pdf")
+STANDARDIZE = ("pixel", "pixel_split", "global", "none")
+# runs written before `standardize` had modes stored a bool: true was the per-pixel standardisation
+STANDARDIZE_ALIASES = {"true": "pixel", "false": "none"}
+# train keys that say where or how a run executes, not what it computes (never a swept parameter of a sweep), and
+# the key a sweep's runs are averaged over
+RUN_ONLY_KEYS = ("resume", "progress", "device", "deterministic")
+SEED_KEY = "seed"
 
 
+# ---------------------------------------------------------------------------------------------------- dnc train
 @dataclass
 class LabelsConfig:
     random_fraction: float = 0.0
@@ -77,7 +93,7 @@ class LabelsConfig:
 @dataclass
 class DatasetConfig:
     name: DatasetName = DatasetName.digits
-    root: str = "data"  # torchvision root (ignored by digits/synthetic)
+    root: str = "data"  # torchvision root (ignored by digits/synthetic); offline: a folder holding the files
     download: bool = False
     n_train: int | None = None  # None = all available
     n_test: int | None = None
@@ -86,7 +102,10 @@ class DatasetConfig:
     # with each split's own statistics (the official nc_nn.py/deep_rfm.py); global: one mean and std over all
     # training pixels (no coordinate is divided by a tiny std); none
     standardize: str = "pixel"
-    # synthetic only
+    # the Cauchy scale of Deep RFM's random Fourier features that the official job script (run_deeprfm_jobs.sh)
+    # uses for this dataset: 0.05 MNIST, 0.1 CIFAR-10/SVHN; the paper_deep_rfm preset sets model.rff_gamma to it
+    rff_gamma: float = 0.05
+    # synthetic only: num_classes means at distance `separation` from the origin, unit noise, `dim` features
     num_classes: int = 10
     dim: int = 32
     separation: float = 4.0
@@ -96,28 +115,33 @@ class DatasetConfig:
 
 @dataclass
 class ModelConfig:
+    """One schema for every model: networks read the first block, a Deep RFM (model=deep_rfm, whose YAML sets depth
+    10 and width 4096) depth, width and the second block (dnc_cli/models/deep_rfm.py)."""
+
     name: ModelName = ModelName.mlp
-    depth: int = 5  # analysed hidden Linear+ReLU layers
-    width: int = 512
+    depth: int = 5  # analysed hidden Linear+ReLU layers (Deep RFM: RFM layers)
+    # hidden width (Deep RFM: random features per layer; null = as many as the map's input coordinates, the
+    # official RFF map)
+    width: int | None = 512
     bias: bool = False
     init_gain: float = 0.1  # xavier_uniform gain of hidden layers; 0.1 = the paper's "small initialisation"
     first_layer_default_init: bool = False  # the official ResNet head keeps nn.Linear's init in layer 1
     # conv backbones: 3x3 stride-1 first conv and no max-pool (the usual small-image stem)
     small_input_stem: bool = True
-    # deep_rfm only (see dnc_cli/rfm.py)
-    kernel: str = "laplace"
-    bandwidth: float = 2.0
-    ridge: float = 1e-3
-    features: str = "relu"
-    rff_gamma: float = 0.05
-    agop_power: float = 0.5
-    normalize_inputs: bool = True
+    # Deep RFM only
+    kernel: str = "laplace"  # laplace: exp(-||x-z||/L) | gaussian: exp(-||x-z||^2 / (2 L^2))
+    bandwidth: float = 2.0  # L
+    ridge: float = 1e-3  # the official code's effective ridge; 0 = ridgeless (the intent)
+    features: str = "relu"  # relu: ReLU(W x), nn.Linear init | rff: random Fourier features (l1-Laplace)
+    rff_gamma: float = 0.05  # Cauchy scale of the rff frequencies (paper: 0.05 MNIST, 0.1 CIFAR/SVHN)
+    agop_power: float = 0.5  # P = M^agop_power (paper: 1/2)
+    normalize_inputs: bool = True  # step 1: unit-norm rows at every layer
 
 
 @dataclass
 class OptimizerConfig:
     name: OptimizerName = OptimizerName.adam
-    lr: float = 1e-3
+    lr: float = 3e-4  # official MLP runs: Adam 5e-5; ResNet runs: SGD 0.05 (conf/optimizer/sgd.yaml)
     momentum: float = 0.0
     weight_decay: float = 0.0
     # the official code builds a new optimizer every epoch (Adam's moments restart): true reproduces it
@@ -127,7 +151,7 @@ class OptimizerConfig:
 @dataclass
 class CheckpointConfig:
     schedule: Schedule = Schedule.log
-    count: int = 20
+    count: int = 12
     every: int = 10
     epochs: list[int] = field(default_factory=list)
 
@@ -140,8 +164,8 @@ class TrainConfig:
     checkpoints: CheckpointConfig = field(default_factory=CheckpointConfig)
     loss: LossName = LossName.mse
     batch_size: int = 128
-    epochs: int = 100  # upper bound on training epochs
-    epochs_after_tpt: int | None = None  # stop this many epochs after the TPT (None: run `epochs`)
+    epochs: int = 400  # upper bound on training epochs
+    epochs_after_tpt: int | None = 100  # stop this many epochs after the TPT (None: run `epochs`)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
     deterministic: bool = True
@@ -149,25 +173,26 @@ class TrainConfig:
     progress: bool = True  # tqdm bar (only shown on a TTY)
 
 
+# ---------------------------------------------------------------------------------------------------- dnc analyze
 @dataclass
 class NC1Options:
     global_mean: GlobalMean = GlobalMean.unweighted
-    official_scaling: bool = False  # divide Sigma_W by K*N as the official code does
+    official_scaling: bool = False  # divide Sigma_W by K*N like the official code (NC1 K times smaller)
 
 
 @dataclass
 class NFAOptions:
     powers: list[float] = field(default_factory=lambda: [0.5, 1.0])
     # standard: corr(WᵀW, AGOP^α); centered (dmbeaglehole/centered_NFA), init_removed, init_removed_centered
-    # (aradha/agop_feature_learning): with W - W₀, see dnc_cli/analyze.py `nfa_rows`
+    # (aradha/agop_feature_learning): with W - W₀, see dnc_cli/analyze/network.py `nfa_rows`
     forms: list[str] = field(default_factory=lambda: list(NFA_FORMS))
 
 
 @dataclass
 class AnalyzeConfig:
     run_dir: str = "outputs"
-    splits: list[str] = field(default_factory=lambda: ["train", "test"])
-    families: list[str] = field(default_factory=lambda: ["nc", "svd", "nfa"])
+    splits: list[str] = field(default_factory=lambda: list(SPLITS))
+    families: list[str] = field(default_factory=lambda: list(FAMILIES))
     nc1: NC1Options = field(default_factory=NC1Options)
     nfa: NFAOptions = field(default_factory=NFAOptions)
     gram_samples_per_class: int = 30
@@ -179,120 +204,18 @@ class AnalyzeConfig:
     jobs: int = 1  # runs analysed in parallel (processes); with several GPUs, run i on GPU i mod #GPUs
 
 
+# ---------------------------------------------------------------------------------------------------- dnc plot
 @dataclass
 class PlotConfig:
     run_dir: str = "outputs"
     figures: list[str] | None = None  # None = all figures for the run's kind
     nc1_form: str = "nc1_trace"
     split: str = "train"
-    formats: list[str] = field(default_factory=lambda: ["png", "pdf"])
+    formats: list[str] = field(default_factory=lambda: list(FIGURE_FORMATS))
     dpi: int = 150
 
 
-SPLITS = ("train", "test")
-FAMILIES = ("nc", "svd", "nfa")
-
-cs = ConfigStore.instance()
-cs.store(name="train_schema", node=TrainConfig)
-cs.store(name="analyze_schema", node=AnalyzeConfig)
-cs.store(name="plot_schema", node=PlotConfig)
-
-
-def _need(ok: bool, message: str) -> None:
-    if not ok:
-        raise UsageError(message)
-
-
-STANDARDIZE = ("pixel", "pixel_split", "global", "none")
-# runs written before `standardize` had modes stored a bool: true was the per-pixel standardisation
-STANDARDIZE_ALIASES = {"true": "pixel", "false": "none"}
-
-
-def standardize_mode(value) -> str:
-    mode = STANDARDIZE_ALIASES.get(str(value).lower(), str(value))
-    _need(mode in STANDARDIZE, f"dataset.standardize={value} is not a mode; valid: {', '.join(STANDARDIZE)}")
-    return mode
-
-
-def validate_train(cfg: TrainConfig) -> TrainConfig:
-    d, m, o = cfg.dataset, cfg.model, cfg.optimizer
-    d.standardize = standardize_mode(d.standardize)
-    _need(0.0 <= d.labels.random_fraction <= 1.0,
-          f"dataset.labels.random_fraction={d.labels.random_fraction} is outside [0, 1]")
-    for key, value in (("dataset.n_train", d.n_train), ("dataset.n_test", d.n_test)):
-        _need(value is None or value > 0, f"{key}={value} must be a positive integer or null")
-    _need(d.num_classes >= 2, f"dataset.num_classes={d.num_classes} must be >= 2")
-    _need(d.dim >= 1, f"dataset.dim={d.dim} must be >= 1")
-    _need(d.n_available >= d.num_classes, f"dataset.n_available={d.n_available} must be >= num_classes")
-    _need(m.depth >= 1, f"model.depth={m.depth} must be >= 1")
-    _need(m.width >= 1, f"model.width={m.width} must be >= 1")
-    _need(m.init_gain > 0 and math.isfinite(m.init_gain), f"model.init_gain={m.init_gain} must be > 0")
-    _need(o.lr > 0 and math.isfinite(o.lr), f"optimizer.lr={o.lr} must be > 0")
-    _need(o.momentum >= 0, f"optimizer.momentum={o.momentum} must be >= 0")
-    _need(o.weight_decay >= 0, f"optimizer.weight_decay={o.weight_decay} must be >= 0")
-    _need(cfg.batch_size >= 1, f"batch_size={cfg.batch_size} must be >= 1")
-    _need(cfg.epochs >= 1, f"epochs={cfg.epochs} must be >= 1")
-    _need(cfg.epochs_after_tpt is None or cfg.epochs_after_tpt >= 0,
-          f"epochs_after_tpt={cfg.epochs_after_tpt} must be >= 0 or null")
-    c = cfg.checkpoints
-    _need(c.count >= 2, f"checkpoints.count={c.count} must be >= 2")
-    _need(c.every >= 1, f"checkpoints.every={c.every} must be >= 1")
-    _need(all(e >= 0 for e in c.epochs), f"checkpoints.epochs={c.epochs} must be non-negative epochs")
-    _need(c.schedule != Schedule.list or len(c.epochs) > 0,
-          "checkpoints.schedule=list needs checkpoints.epochs=[...]")
-    validate_device(cfg.device)
-    return cfg
-
-
-def validate_device(device: str) -> None:
-    import torch
-
-    valid = "valid: auto, cpu, cuda, cuda:N"
-    if device in ("auto", "cpu"):
-        return
-    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
-        if not torch.cuda.is_available():
-            raise UsageError(f"device={device} but no CUDA device is available; {valid}")
-        return
-    raise UsageError(f"device={device} is not a device; {valid}")
-
-
-def resolve_device(name: str):
-    """`auto` is CUDA when available, else the CPU."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def validate_analyze(cfg: AnalyzeConfig) -> AnalyzeConfig:
-    for split in cfg.splits:
-        _need(split in SPLITS, f"splits contains '{split}'; valid: {', '.join(SPLITS)}")
-    for family in cfg.families:
-        _need(family in FAMILIES, f"families contains '{family}'; valid: {', '.join(FAMILIES)}")
-    _need(len(cfg.splits) > 0, "splits=[] is empty; valid: train, test")
-    _need(all(p > 0 for p in cfg.nfa.powers), f"nfa.powers={cfg.nfa.powers} must be positive")
-    for form in cfg.nfa.forms:
-        _need(form in NFA_FORMS, f"nfa.forms contains '{form}'; valid: {', '.join(NFA_FORMS)}")
-    _need(cfg.batch_size >= 1, f"batch_size={cfg.batch_size} must be >= 1")
-    _need(cfg.gram_samples_per_class >= 0, f"gram_samples_per_class={cfg.gram_samples_per_class} must be >= 0")
-    _need(cfg.jobs >= 1, f"jobs={cfg.jobs} must be >= 1")
-    validate_device(cfg.device)
-    return cfg
-
-
-def to_object(cfg: DictConfig, schema: type) -> Any:
-    """Hydra's composed config (without the `hydra` node) as the schema's dataclass instance."""
-    cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"]) if "hydra" in cfg else cfg
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), cfg))
-
-
-def to_plain(cfg: Any) -> dict:
-    """A dataclass config as plain YAML-able data (enums as strings)."""
-    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
-
-
+# ---------------------------------------------------------------------------------------------------- dnc report
 @dataclass
 class ReportConfig:
     """`dnc report`: the paper's claims judged from a run's (or a sweep's) tables. Every verdict threshold is here.
@@ -323,4 +246,91 @@ class ReportConfig:
     still_falling_factor: float = 2.0
 
 
+cs = ConfigStore.instance()
+cs.store(name="train_schema", node=TrainConfig)
+cs.store(name="analyze_schema", node=AnalyzeConfig)
+cs.store(name="plot_schema", node=PlotConfig)
 cs.store(name="report_schema", node=ReportConfig)
+
+
+# ---------------------------------------------------------------------------------------------------- validation
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise UsageError(message)
+
+
+def standardize_mode(value) -> str:
+    mode = STANDARDIZE_ALIASES.get(str(value).lower(), str(value))
+    _need(mode in STANDARDIZE, f"dataset.standardize={value} is not a mode; valid: {', '.join(STANDARDIZE)}")
+    return mode
+
+
+def validate_train(cfg: TrainConfig) -> TrainConfig:
+    d, m, o, c = cfg.dataset, cfg.model, cfg.optimizer, cfg.checkpoints
+    d.standardize = standardize_mode(d.standardize)
+    _need(0.0 <= d.labels.random_fraction <= 1.0,
+          f"dataset.labels.random_fraction={d.labels.random_fraction} is outside [0, 1]")
+    for key, value in (("dataset.n_train", d.n_train), ("dataset.n_test", d.n_test)):
+        _need(value is None or value > 0, f"{key}={value} must be a positive integer or null")
+    _need(d.rff_gamma > 0 and math.isfinite(d.rff_gamma), f"dataset.rff_gamma={d.rff_gamma} must be > 0")
+    _need(d.num_classes >= 2, f"dataset.num_classes={d.num_classes} must be >= 2")
+    _need(d.dim >= 1, f"dataset.dim={d.dim} must be >= 1")
+    _need(d.n_available >= d.num_classes, f"dataset.n_available={d.n_available} must be >= num_classes")
+    _need(m.depth >= 1, f"model.depth={m.depth} must be >= 1")
+    _need(m.width is None or m.width >= 1, f"model.width={m.width} must be >= 1")
+    _need(m.init_gain > 0 and math.isfinite(m.init_gain), f"model.init_gain={m.init_gain} must be > 0")
+    _need(o.lr > 0 and math.isfinite(o.lr), f"optimizer.lr={o.lr} must be > 0")
+    _need(o.momentum >= 0, f"optimizer.momentum={o.momentum} must be >= 0")
+    _need(o.weight_decay >= 0, f"optimizer.weight_decay={o.weight_decay} must be >= 0")
+    _need(cfg.batch_size >= 1, f"batch_size={cfg.batch_size} must be >= 1")
+    _need(cfg.epochs >= 1, f"epochs={cfg.epochs} must be >= 1")
+    _need(cfg.epochs_after_tpt is None or cfg.epochs_after_tpt >= 0,
+          f"epochs_after_tpt={cfg.epochs_after_tpt} must be >= 0 or null")
+    _need(c.count >= 2, f"checkpoints.count={c.count} must be >= 2")
+    _need(c.every >= 1, f"checkpoints.every={c.every} must be >= 1")
+    _need(all(e >= 0 for e in c.epochs), f"checkpoints.epochs={c.epochs} must be non-negative epochs")
+    _need(c.schedule != Schedule.list or len(c.epochs) > 0, "checkpoints.schedule=list needs checkpoints.epochs=[...]")
+    validate_device(cfg.device)
+    return cfg
+
+
+def validate_analyze(cfg: AnalyzeConfig) -> AnalyzeConfig:
+    for split in cfg.splits:
+        _need(split in SPLITS, f"splits contains '{split}'; valid: {', '.join(SPLITS)}")
+    for family in cfg.families:
+        _need(family in FAMILIES, f"families contains '{family}'; valid: {', '.join(FAMILIES)}")
+    _need(len(cfg.splits) > 0, "splits=[] is empty; valid: train, test")
+    _need(all(p > 0 for p in cfg.nfa.powers), f"nfa.powers={cfg.nfa.powers} must be positive")
+    for form in cfg.nfa.forms:
+        _need(form in NFA_FORMS, f"nfa.forms contains '{form}'; valid: {', '.join(NFA_FORMS)}")
+    _need(cfg.batch_size >= 1, f"batch_size={cfg.batch_size} must be >= 1")
+    _need(cfg.gram_samples_per_class >= 0, f"gram_samples_per_class={cfg.gram_samples_per_class} must be >= 0")
+    _need(cfg.jobs >= 1, f"jobs={cfg.jobs} must be >= 1")
+    validate_device(cfg.device)
+    return cfg
+
+
+def validate_report(cfg: ReportConfig) -> ReportConfig:
+    _need(cfg.nc1_form in NC1_FORMS, f"nc1_form={cfg.nc1_form} is not one of {', '.join(NC1_FORMS)}")
+    _need(cfg.split in SPLITS, f"split={cfg.split} is not one of {', '.join(SPLITS)}")
+    _need(0 <= cfg.majority < 1, f"majority={cfg.majority} must be in [0, 1)")
+    _need(-1 <= cfg.nfa_min_corr <= 1, f"nfa_min_corr={cfg.nfa_min_corr} must be in [-1, 1]")
+    _need(cfg.nfa_power > 0, f"nfa_power={cfg.nfa_power} must be > 0")
+    for key in ("linear_share", "agop_share"):
+        _need(0 < getattr(cfg, key) <= 1, f"{key}={getattr(cfg, key)} must be in (0, 1]")
+    for key in ("collapse_factor", "post_tpt_factor", "rfm_fall_factor", "still_falling_factor", "min_layer_fall"):
+        value = getattr(cfg, key)
+        _need(math.isfinite(value) and value >= 1, f"{key}={value} must be a factor >= 1")
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------------- conversion
+def to_object(cfg: DictConfig, schema: type) -> Any:
+    """Hydra's composed config (without the `hydra` node) as the schema's dataclass instance."""
+    cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"]) if "hydra" in cfg else cfg
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), cfg))
+
+
+def to_plain(cfg: Any) -> dict:
+    """A dataclass config as plain YAML-able data (enums as strings)."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)

@@ -1,4 +1,5 @@
-"""Deep RFM (dnc_cli/rfm.py): kernels, ridge solve, closed-form AGOP vs autograd, feature maps, collapse."""
+"""dnc_cli/models/kernels.py and deep_rfm.py: kernels, the ridge solve, the closed-form AGOP against autograd,
+random feature maps, collapse over layers and the replay of a fitted Deep RFM."""
 
 from __future__ import annotations
 
@@ -8,18 +9,23 @@ import warnings
 import pytest
 import torch
 
+from dnc_cli.config import ModelConfig, ModelName
 from dnc_cli.errors import UsageError
-from dnc_cli.rfm import (
-    RFMConfig,
+from dnc_cli.models.deep_rfm import (
     RFMLayer,
     deep_rfm_representations,
     fit_deep_rfm,
-    kernel_agop,
-    kernel_matrix,
     memory_check,
     random_feature_map,
-    solve_kernel_ridge,
+    validate_deep_rfm,
 )
+from dnc_cli.models.kernels import kernel_agop, kernel_matrix, solve_kernel_ridge
+
+
+def rfm_model(**keys) -> ModelConfig:
+    """The model group's settings of a Deep RFM (ModelConfig, whose defaults the YAML's depth/width override)."""
+    return ModelConfig(name=ModelName.deep_rfm, **keys)
+
 
 KINDS = ("laplace", "gaussian")
 
@@ -137,22 +143,31 @@ def test_kernel_agop_drops_duplicate_points():
 
 @pytest.mark.parametrize("features", ["relu", "rff"])
 def test_random_feature_map_is_deterministic_per_seed_and_layer(features):
-    cfg = RFMConfig(features=features, width=64, seed=3)
+    cfg = rfm_model(features=features, width=64)
     x = torch.randn(10, 12, generator=torch.Generator().manual_seed(5))
     torch.manual_seed(123)  # the global RNG must not matter
-    first = random_feature_map(12, cfg, 2, "cpu")(x)
+    first = random_feature_map(12, cfg, 3, 2, "cpu")(x)
     torch.manual_seed(456)
-    again = random_feature_map(12, cfg, 2, "cpu")(x)
+    again = random_feature_map(12, cfg, 3, 2, "cpu")(x)
     assert first.shape == (10, 64)
     assert torch.equal(first, again)
-    assert not torch.allclose(first, random_feature_map(12, cfg, 3, "cpu")(x))
-    other_seed = RFMConfig(features=features, width=64, seed=4)
-    assert not torch.allclose(first, random_feature_map(12, other_seed, 2, "cpu")(x))
+    assert not torch.allclose(first, random_feature_map(12, cfg, 3, 3, "cpu")(x))
+    assert not torch.allclose(first, random_feature_map(12, cfg, 4, 2, "cpu")(x))  # another seed
+
+
+def test_width_null_is_the_input_dimension():
+    """model.width=null: as many random features as the map's input coordinates, at every layer (the official RFF
+    map, paper_deep_rfm); the same map as an explicit width equal to the input dimension."""
+    x = torch.randn(10, 12, generator=torch.Generator().manual_seed(5))
+    for features in ("relu", "rff"):
+        null = random_feature_map(12, rfm_model(features=features, width=None), 3, 2, "cpu")(x)
+        assert null.shape == (10, 12)
+        assert torch.equal(null, random_feature_map(12, rfm_model(features=features, width=12), 3, 2, "cpu")(x))
 
 
 def test_relu_feature_map_uses_linear_default_init():
-    cfg = RFMConfig(features="relu", width=2000)
-    feature_map = random_feature_map(25, cfg, 1, "cpu")
+    cfg = rfm_model(features="relu", width=2000)
+    feature_map = random_feature_map(25, cfg, 0, 1, "cpu")
     eye = torch.eye(25)
     weight_t = feature_map(eye) - feature_map(-eye)  # ReLU(w) - ReLU(-w) = w: recovers W^T
     bound = 1 / math.sqrt(25)  # nn.Linear: kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(fan_in), 1/sqrt(fan_in))
@@ -179,9 +194,9 @@ def test_deep_rfm_collapses_and_replays_its_features(tmp_path):
     gen = torch.Generator().manual_seed(6)
     x_all, y_all = gaussian_mixture(400, 20, 4, gen)
     x_train, y_train, x_test, y_test = x_all[:300], y_all[:300], x_all[300:], y_all[300:]
-    cfg = RFMConfig(depth=3, width=256, features="relu", seed=1)
+    cfg, seed = rfm_model(depth=3, width=256, features="relu"), 1
     calls = []
-    layers = fit_deep_rfm(x_train, y_train, x_test, y_test, 4, cfg,
+    layers = fit_deep_rfm(x_train, y_train, x_test, y_test, 4, cfg, seed,
                           on_layer=lambda layer, record, elapsed, x: calls.append((layer, record, elapsed)))
     assert len(layers) == 3 and [c[0] for c in calls] == [1, 2, 3]
     assert all(c[1] is record for c, record in zip(calls, layers, strict=True))
@@ -194,8 +209,8 @@ def test_deep_rfm_collapses_and_replays_its_features(tmp_path):
     assert all(torch.equal(a.sqrt_agop, b.sqrt_agop) and a.test_acc == b.test_acc
                for a, b in zip(loaded, layers, strict=True))
 
-    train = dict(deep_rfm_representations(x_train, loaded, cfg))
-    test = dict(deep_rfm_representations(x_test, loaded, cfg))
+    train = dict(deep_rfm_representations(x_train, loaded, cfg, seed))
+    test = dict(deep_rfm_representations(x_test, loaded, cfg, seed))
     nc1 = [nc1_trace(train[layer]["input"], y_train, 4) for layer in (1, 2, 3)]
     assert nc1[2] < nc1[0], nc1
     assert train[1]["activation"].shape == (300, 256) and train[3]["activation"].shape == (300, 256)
@@ -219,18 +234,17 @@ def test_deep_rfm_collapses_and_replays_its_features(tmp_path):
 
 
 @pytest.mark.parametrize("change, needle", [
-    ({"width": 0}, "model.width=0"),
     ({"bandwidth": -1.0}, "model.bandwidth=-1.0"),
     ({"kernel": "cosine"}, "model.kernel=cosine"),
     ({"features": "tanh"}, "model.features=tanh"),
-    ({"depth": 0}, "model.depth=0"),
     ({"ridge": -0.1}, "model.ridge=-0.1"),
     ({"rff_gamma": 0.0}, "model.rff_gamma=0.0"),
+    ({"agop_power": -0.5}, "model.agop_power=-0.5"),
 ])
-def test_config_validation_names_the_bad_value(change, needle):
-    RFMConfig().validate()  # the defaults are valid
+def test_validation_names_the_bad_value(change, needle):
+    validate_deep_rfm(rfm_model())  # the defaults are valid
     with pytest.raises(UsageError, match=needle) as excinfo:
-        RFMConfig(**change).validate()
+        validate_deep_rfm(rfm_model(**change))
     assert "\n" not in str(excinfo.value)
     if "kernel" in change:
         assert "laplace, gaussian" in str(excinfo.value)
@@ -240,65 +254,3 @@ def test_memory_check():
     memory_check(1000, 784, "cpu")  # a few dozen MB: fine
     with pytest.raises(UsageError, match=r"n_train=100000000 needs ~.* GiB .*lower dataset.n_train"):
         memory_check(100_000_000, 784, "cpu")
-
-
-# ---------------------------------------------------------------- `dnc train model=deep_rfm` end to end
-def test_deep_rfm_cli_train_analyze_plot(tmp_path):
-    import pandas as pd
-    from conftest import run_cli
-
-    result = run_cli("train", "model=deep_rfm", "dataset=synthetic", "dataset.n_available=300", "model.depth=3",
-                     "model.width=128", "hydra.run.dir=rfm", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    state = torch.load(tmp_path / "rfm/checkpoints/epoch_000000.pt", weights_only=True)
-    assert len(state["rfm_layers"]) == 3
-    assert pd.read_csv(tmp_path / "rfm/rfm_log.csv").layer.tolist() == [1, 2, 3]
-    for command in ("analyze", "plot"):
-        result = run_cli(command, "run_dir=rfm", cwd=tmp_path)
-        assert result.returncode == 0, result.stderr
-    df = pd.read_csv(tmp_path / "rfm/analysis/metrics.csv", keep_default_na=False)
-    assert set(df.layer) == {1, 2, 3} and {"input", "agop", "activation"} <= set(df.stage)
-    nc1 = df[(df.split == "train") & (df.stage == "input") & (df.metric == "nc1_trace")].set_index("layer").value
-    assert nc1[3] < nc1[1]  # collapse with depth
-    assert (tmp_path / "rfm/figures/rfm_layers.png").exists() and (tmp_path / "rfm/figures/gram.png").exists()
-
-
-@pytest.mark.parametrize("override, needle", [("model.width=0", "model.width=0"),
-                                              ("model.bandwidth=-1", "model.bandwidth=-1.0"),
-                                              ("model.kernel=cosine", "laplace"),
-                                              ("dataset.n_available=2000000", "n_train=2000000")])
-def test_deep_rfm_bad_options(tmp_path, override, needle):
-    from conftest import assert_usage_error, run_cli
-
-    result = run_cli("train", "model=deep_rfm", "dataset=synthetic", "model.depth=2", override, cwd=tmp_path)
-    assert_usage_error(result, needle)
-    assert not (tmp_path / "outputs").exists()
-
-
-def test_deep_rfm_resume_after_interruption(tmp_path, monkeypatch):
-    from conftest import train_config
-
-    import dnc_cli.rfm as rfm
-    from dnc_cli.train import run
-
-    overrides = ["model=deep_rfm", "dataset=synthetic", "dataset.n_available=200", "model.depth=3", "model.width=64"]
-    run(train_config(overrides), tmp_path / "whole")
-    real, calls = rfm._fit_layer, {"n": 0}
-
-    def interrupted(*args, **kwargs):  # Ctrl-C while fitting the third layer
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(rfm, "_fit_layer", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        run(train_config(overrides), tmp_path / "part")
-    monkeypatch.setattr(rfm, "_fit_layer", real)
-    run(train_config(overrides + [f"resume={tmp_path / 'part'}"]), tmp_path / "part")
-    whole, part = (torch.load(tmp_path / d / "checkpoints/epoch_000000.pt", weights_only=True)["rfm_layers"]
-                   for d in ("whole", "part"))
-    assert len(part) == 3
-    for a, b in zip(whole, part):
-        assert torch.equal(a["agop"], b["agop"]) and a["test_acc"] == b["test_acc"]
-    assert (tmp_path / "part/rfm_log.csv").read_text().count("\n") == 4

@@ -1,9 +1,10 @@
 """Sweeps: the runs of one Hydra multirun (`dnc train -m ...`), analysed and tabulated together.
 
 A sweep is a folder holding Hydra's `multirun.yaml` (written at the top of every `dnc train -m` sweep) or, without
-one, any folder holding several runs. What each run varied comes from `<run>/.hydra/overrides.yaml`, Hydra's record
-of the job's overrides: a key is *swept* when its value differs between runs or when multirun.yaml sweeps it.
-`seed` is what runs are averaged over; every other swept key defines a combination.
+one, any folder holding several runs (dnc_cli/runs.py `find_sweeps`). What each run varied comes from
+`<run>/.hydra/overrides.yaml`, Hydra's record of the job's overrides: a key is *swept* when its value differs between
+runs or when multirun.yaml sweeps it. `seed` is what runs are averaged over; every other swept key defines a
+combination.
 
 `dnc analyze run_dir=<sweep>` writes, after the per-run analyses, into `<sweep>/analysis/`:
 
@@ -19,47 +20,37 @@ of the job's overrides: a key is *swept* when its value differs between runs or 
 
 Failed, interrupted, running and missing runs are analysed as far as they got and listed, never dropped.
 
-Imports neither torch nor matplotlib at module level (`dnc plot` uses it).
+Imports neither torch nor matplotlib.
 """
 
 from __future__ import annotations
 
 import itertools
-import logging
 import math
 from pathlib import Path
 
-from dnc_cli.errors import UsageError
-from dnc_cli.runs import CONFIG_FILE, atomic_path, read_json
+import pandas as pd
 
-log = logging.getLogger("dnc.sweep")
+from dnc_cli.config import RUN_ONLY_KEYS, SEED_KEY
+from dnc_cli.runs import ANALYSIS_DIR, CONFIG_FILE, MULTIRUN_FILE, OVERRIDES_FILE, read_summary, write_text
+from dnc_cli.tables import (
+    AGGREGATED_METRICS_TABLE,
+    AGGREGATED_TABLE,
+    COLUMNS,
+    RUNS_TABLE,
+    SWEEP_METRICS_TABLE,
+    SWEEP_TABLE_MD,
+    markdown_table,
+    read_metrics,
+    run_metrics_path,
+    write_csv,
+)
 
-MULTIRUN_FILE = "multirun.yaml"
-OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
-SEED = "seed"
-# overrides that never define an experiment: where or how a run executes
-IGNORED_KEYS = {"resume", "progress", "device", "deterministic"}
-METRIC_COLUMNS = ["epoch", "split", "layer", "stage", "metric", "value"]
 NC_METRICS = ("nc1_trace", "nc1", "nc2", "nc3", "nc4", "ncc_acc")
 FINAL_COLUMNS = ("train_loss", "train_acc", "test_loss", "test_acc")
 SUMMARY_NUMBERS = ("tpt_epoch", "epochs_done", *FINAL_COLUMNS, *NC_METRICS)
 # stages that stand for a layer's own representation, by preference (Deep RFM tables have no stage "")
 OWN_STAGES = ("", "activation", "agop", "input")
-
-
-# ---------------------------------------------------------------------------------------------------- finding sweeps
-def is_sweep(path: Path, runs: list[Path]) -> bool:
-    path = Path(path)
-    return (path / MULTIRUN_FILE).is_file() or (len(runs) >= 2 and not (path / CONFIG_FILE).is_file())
-
-
-def find_sweeps(root: Path, runs: list[Path]) -> list[Path]:
-    """Folders at or below `root` holding multirun.yaml; failing that, `root` itself if it holds several runs."""
-    root = Path(root)
-    sweeps = sorted(p.parent for p in root.rglob(MULTIRUN_FILE) if ".hydra" not in p.parts)
-    if sweeps:
-        return sweeps
-    return [root] if is_sweep(root, runs) else []
 
 
 # ---------------------------------------------------------------------------------------------------- overrides
@@ -114,7 +105,7 @@ def expected_jobs(sweep_dir: Path) -> list[dict[str, str]] | None:
                 swept[key] = list(override.sweep_string_iterator())
     except Exception:  # a sweep syntax we do not expand (e.g. a custom sweeper): no missing-job detection
         return None
-    keys = [k for k in swept if k not in IGNORED_KEYS]
+    keys = [k for k in swept if k not in RUN_ONLY_KEYS]
     return [dict(zip(keys, values)) for values in itertools.product(*(swept[k] for k in keys))]
 
 
@@ -125,8 +116,8 @@ def swept_keys(sweep_dir: Path, overrides: list[dict[str, str]]) -> list[str]:
         declared += [k for k in job if k not in declared]
     every = sorted({k for o in overrides for k in o})
     varying = [k for k in every if len({o.get(k) for o in overrides}) > 1]
-    keys = [k for k in dict.fromkeys(declared + varying) if k not in IGNORED_KEYS]
-    return sorted(keys, key=lambda k: k != SEED)
+    keys = [k for k in dict.fromkeys(declared + varying) if k not in RUN_ONLY_KEYS]
+    return sorted(keys, key=lambda k: k != SEED_KEY)
 
 
 def typed(value):
@@ -156,15 +147,9 @@ def _value_from_config(run_dir: Path, key: str):
 
 
 # ---------------------------------------------------------------------------------------------------- tables
-def _read_run_metrics(run_dir: Path):
-    import pandas as pd
-
-    path = Path(run_dir) / "analysis" / "metrics.csv"
-    if not path.is_file():
-        return None
-    df = pd.read_csv(path, dtype={"stage": str, "split": str, "metric": str}, keep_default_na=False)
-    df["value"] = pd.to_numeric(df["value"], errors="coerce")
-    return df[METRIC_COLUMNS]
+def _read_run_metrics(run_dir: Path) -> pd.DataFrame | None:
+    path = run_metrics_path(run_dir)
+    return read_metrics(path) if path.is_file() else None
 
 
 def final_nc(metrics) -> dict:
@@ -202,8 +187,6 @@ def _one_type(columns: list[dict], keys: list[str]) -> None:
 
 def collect(sweep_dir: Path, runs: list[Path], errors: dict[Path, str] | None = None):
     """runs.csv's rows, the combined metrics table and the swept keys, for the runs below `sweep_dir`."""
-    import pandas as pd
-
     sweep_dir = Path(sweep_dir)
     errors = errors or {}
     runs = [r for r in runs if Path(r).is_relative_to(sweep_dir)]
@@ -225,7 +208,7 @@ def collect(sweep_dir: Path, runs: list[Path], errors: dict[Path, str] | None = 
 
     rows, tables = [], []
     for run_dir, swept in zip(folders, values):
-        summary = read_json(run_dir / "summary.json") if (run_dir / "summary.json").is_file() else {}
+        summary = read_summary(run_dir)
         status = summary.get("status", "unknown" if run_dir in runs else "not started")
         row = {"run": run_dir.relative_to(sweep_dir).as_posix(), **swept, "status": status,
                "tpt_epoch": summary.get("tpt_epoch"), "epochs_done": summary.get("epochs_done")}
@@ -249,14 +232,14 @@ def collect(sweep_dir: Path, runs: list[Path], errors: dict[Path, str] | None = 
     runs_df = runs_df.reindex(columns=ordered)
     if runs_df["nc_stage"].isna().all():  # networks: the layer's own representation
         runs_df = runs_df.drop(columns="nc_stage")
-    metrics = (pd.concat(tables, ignore_index=True)[["run", *keys, *METRIC_COLUMNS]] if tables
-               else pd.DataFrame(columns=["run", *keys, *METRIC_COLUMNS]))
+    metrics = (pd.concat(tables, ignore_index=True)[["run", *keys, *COLUMNS]] if tables
+               else pd.DataFrame(columns=["run", *keys, *COLUMNS]))
     return runs_df, metrics, keys
 
 
 def group_keys(keys: list[str]) -> list[str]:
     """The swept keys that define a combination: all but the seed."""
-    return [k for k in keys if k != SEED]
+    return [k for k in keys if k != SEED_KEY]
 
 
 def _groupby(frame, by: list[str]):
@@ -270,8 +253,6 @@ def _std(series):
 
 def aggregate_runs(runs_df, keys: list[str]):
     """Mean, std and count over seeds of runs.csv's numbers, per combination of the other swept values."""
-    import pandas as pd
-
     by = group_keys(keys)
     numbers = [c for c in SUMMARY_NUMBERS if c in runs_df.columns]
     frame = runs_df[runs_df["status"] != "missing"].copy()
@@ -293,8 +274,6 @@ def aggregate_runs(runs_df, keys: list[str]):
 
 def aggregate_metrics(metrics, keys: list[str]):
     """Mean, std (ddof 1) and n over seeds of every tidy row, per combination; n_runs = runs in the combination."""
-    import pandas as pd
-
     by = group_keys(keys)
     columns = [*by, "epoch", "split", "layer", "stage", "metric"]
     if metrics.empty:
@@ -319,16 +298,16 @@ def _markdown(runs_df, aggregated, keys: list[str]) -> str:
     shown = [c for c in ("tpt_epoch", "train_acc", "test_acc", "nc1_trace", "nc1", "nc2", "nc3", "nc4")
              if f"{c}_mean" in aggregated.columns and aggregated[f"{c}_n"].sum() > 0]
     head = [*by, "runs (done)", *shown]
-    lines = ["# Sweep summary", "",
-             f"Mean ± std over seeds ({SEED}) per combination of the other swept values; final metrics of each run "
-             "(NC metrics: last hidden layer, train split, last analysed checkpoint).", "",
-             "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    body = []
     for _, row in aggregated.iterrows():
         cells = [fmt(row[k]) for k in by] + [f"{int(row['n_runs'])} ({int(row['n_done'])})"]
         for c in shown:
             mean, std, n = row[f"{c}_mean"], row[f"{c}_std"], row[f"{c}_n"]
             cells.append("" if n == 0 else fmt(mean) + ("" if math.isnan(std) else f" ± {std:.2g}"))
-        lines.append("| " + " | ".join(cells) + " |")
+        body.append(cells)
+    lines = ["# Sweep summary", "",
+             f"Mean ± std over seeds ({SEED_KEY}) per combination of the other swept values; final metrics of each run "
+             "(NC metrics: last hidden layer, train split, last analysed checkpoint).", "", markdown_table(head, body)]
     not_done = runs_df[(runs_df["status"] != "done") | (runs_df["problem"].fillna("") != "")]
     lines += ["", f"## Runs not done or with problems: {len(not_done)}", ""]
     for _, row in not_done.iterrows():
@@ -338,93 +317,18 @@ def _markdown(runs_df, aggregated, keys: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_csv(path: Path, df) -> None:
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False, float_format="%.10g")
-
-
 def write_sweep_tables(sweep_dir: Path, runs: list[Path], errors: dict[Path, str] | None = None) -> dict:
     """Write runs.csv, metrics.csv, aggregated.csv, aggregated_metrics.csv and sweep_table.md; return a digest."""
     sweep_dir = Path(sweep_dir)
     runs_df, metrics, keys = collect(sweep_dir, runs, errors)
-    out = sweep_dir / "analysis"
+    out = sweep_dir / ANALYSIS_DIR
     aggregated = aggregate_runs(runs_df, keys)
-    _write_csv(out / "runs.csv", runs_df)
-    _write_csv(out / "metrics.csv", metrics)
-    _write_csv(out / "aggregated.csv", aggregated)
-    _write_csv(out / "aggregated_metrics.csv", aggregate_metrics(metrics, keys))
-    with atomic_path(out / "sweep_table.md") as tmp:
-        tmp.write_text(_markdown(runs_df, aggregated, keys))
+    write_csv(out / RUNS_TABLE, runs_df)
+    write_csv(out / SWEEP_METRICS_TABLE, metrics)
+    write_csv(out / AGGREGATED_TABLE, aggregated)
+    write_csv(out / AGGREGATED_METRICS_TABLE, aggregate_metrics(metrics, keys))
+    write_text(out / SWEEP_TABLE_MD, _markdown(runs_df, aggregated, keys))
     not_done = runs_df[(runs_df["status"] != "done") | (runs_df["problem"].fillna("") != "")]
     return {"dir": out, "keys": keys, "runs": len(runs_df), "done": int((runs_df["status"] == "done").sum()),
             "not_done": [f"{r['run'] or '(no folder)'}: {r['status']}" + (f" ({r['problem']})" if r["problem"] else "")
                          for _, r in not_done.iterrows()]}
-
-
-# ---------------------------------------------------------------------------------------------------- analysing runs
-def _device_for(device: str, index: int) -> str:
-    """With several GPUs, parallel run i goes to GPU i mod #GPUs (device auto or cuda)."""
-    import torch
-
-    if device in ("auto", "cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 1:
-        return f"cuda:{index % torch.cuda.device_count()}"
-    return device
-
-
-def _analyze_in_worker(run_dir: Path, acfg, device: str, threads: int) -> tuple[list[str], str | None]:
-    import torch
-
-    from dnc_cli.analyze import analyze_run
-    from dnc_cli.config import resolve_device
-
-    torch.set_num_threads(threads)
-    try:
-        return analyze_run(Path(run_dir), acfg, resolve_device(device)), None
-    except UsageError as exc:
-        return [], str(exc)
-
-
-def analyze_runs(runs: list[Path], acfg, device, analyze_one) -> tuple[list[str], dict[Path, str]]:
-    """Analyse every run with analyze_one(run, acfg, device), or `acfg.jobs` at a time in worker processes (there
-    with several GPUs, run i on GPU i mod #GPUs); returns (skipped-checkpoint problems, {run: error}).
-
-    A single run keeps the one-run contract (its UsageError propagates); with several, a run that cannot be analysed
-    is recorded and the others go on."""
-    import os
-
-    jobs = max(1, min(getattr(acfg, "jobs", 1), len(runs)))
-    problems: list[str] = []
-    errors: dict[Path, str] = {}
-    if jobs == 1:
-        for run_dir in runs:
-            try:
-                problems += analyze_one(run_dir, acfg, device)
-            except UsageError as exc:
-                if len(runs) == 1:
-                    raise
-                errors[run_dir] = str(exc)
-                log.error("%s: %s", run_dir, exc)
-                continue
-            print(f"{run_dir}/analysis/metrics.csv", flush=True)
-        return problems, errors
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    context = multiprocessing.get_context("spawn")  # no fork after torch (and CUDA) are initialised
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        futures = {pool.submit(_analyze_in_worker, run_dir, acfg, _device_for(acfg.device, i), threads): run_dir
-                   for i, run_dir in enumerate(runs)}
-        try:
-            for future, run_dir in futures.items():
-                found, error = future.result()
-                problems += found
-                if error is not None:
-                    errors[run_dir] = error
-                    log.error("%s: %s", run_dir, error)
-                else:
-                    print(f"{run_dir}/analysis/metrics.csv", flush=True)
-        except KeyboardInterrupt:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-    return problems, errors

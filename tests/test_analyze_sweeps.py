@@ -1,11 +1,6 @@
-"""Sweeps: `dnc train -m` with the basic, joblib and submitit_local launchers, sweep-level `dnc analyze` and
-`dnc plot` (runs.csv, the combined metrics, mean ± std over seeds, failures listed), resuming sweep jobs, the
-SLURM launcher config, the named sweeps and every experiment preset (composes; its quick variant runs).
-
-The MNIST presets' quick variants run on a tiny MNIST-format copy written here (the same code path as real MNIST:
-torchvision's reader, 28x28 inputs), never on ../shared; CIFAR-10 and SVHN cannot be faked that way (torchvision
-checks their files' MD5), so their quick variants run with dataset=digits.
-"""
+"""dnc_cli/analyze/sweeps.py with the launchers: `dnc train -m` (basic, joblib and submitit_local), the sweep's
+`dnc analyze` tables (runs.csv, the combined metrics, mean ± std over seeds, failures listed) and `dnc plot`'s sweep
+figures, resuming sweep jobs, and the expansion of multirun.yaml."""
 
 from __future__ import annotations
 
@@ -16,20 +11,20 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import assert_usage_error, compose, run_cli
-from test_train import _write_fake_mnist
+from conftest import run_cli
 
-from dnc_cli import cli, sweep
-from dnc_cli.config import AnalyzeConfig, validate_analyze
-from dnc_cli.errors import UsageError
+from dnc_cli import cli
+from dnc_cli.analyze import sweeps
+from dnc_cli.plot.sweep import plot_sweep
 
-CONF = Path(cli.__file__).parent.parent / "conf"
-PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
-SWEEPS = sorted(p.stem for p in (CONF / "sweep").glob("*.yaml"))
 # a sweep as small as it gets: 2 seeds x 3 epochs of a width-16 MLP on 100 digits
 SMALL = ["model.width=16", "model.depth=2", "dataset.n_train=100", "dataset.n_test=50", "epochs=3",
          "checkpoints.schedule=every", "checkpoints.every=1", "progress=false"]
+
+
 FAST_ANALYSIS = ["families=[nc,svd]", "gram_samples_per_class=5"]
+
+
 FAST_PLOT = ["formats=[png]", "dpi=40"]
 
 
@@ -39,6 +34,8 @@ def has_plugin(name: str) -> bool:
 
 needs_joblib = pytest.mark.skipif(not has_plugin("hydra_joblib_launcher"),
                                   reason="hydra-joblib-launcher not installed (pip install -e '.[sweeps]')")
+
+
 needs_submitit = pytest.mark.skipif(not has_plugin("hydra_submitit_launcher"),
                                     reason="hydra-submitit-launcher not installed (pip install -e '.[sweeps]')")
 
@@ -88,7 +85,7 @@ def dnc(*args: str) -> None:
         assert exit_.code in (0, None), f"dnc {' '.join(args)} exited with {exit_.code}"
 
 
-# ---------------------------------------------------------------- train -m, analyze, plot
+@pytest.mark.slow
 def test_basic_sweep_analyze_and_plot(analysed_sweep, tmp_path):
     sweep_dir = tmp_path / "sweep"
     shutil.copytree(analysed_sweep, sweep_dir)
@@ -102,6 +99,7 @@ def test_basic_sweep_analyze_and_plot(analysed_sweep, tmp_path):
     assert (sweep_dir / "0/figures/nc_metrics.png").is_file()  # and every run's own figures
 
 
+@pytest.mark.slow
 def test_relaunched_sweep_resumes_its_runs(analysed_sweep, tmp_path, monkeypatch):
     """The same sweep launched again into the same folder continues each run from last.pt (what a SLURM
     requeue does too): no refusal, no restart; epochs may grow."""
@@ -116,10 +114,11 @@ def test_relaunched_sweep_resumes_its_runs(analysed_sweep, tmp_path, monkeypatch
     assert (tmp_path / "sweep/0/train_log.csv").read_text().startswith(before)
     assert "resume=" in (tmp_path / "sweep/0/.hydra/overrides.yaml").read_text()
     # resume is bookkeeping, never a swept parameter
-    runs_df, _, keys = sweep.collect(tmp_path / "sweep", [tmp_path / "sweep/0", tmp_path / "sweep/1"])
+    runs_df, _, keys = sweeps.collect(tmp_path / "sweep", [tmp_path / "sweep/0", tmp_path / "sweep/1"])
     assert keys == ["seed"]
 
 
+@pytest.mark.slow
 def test_failed_and_unfinished_runs_are_listed(analysed_sweep, tmp_path, capsys):
     sweep_dir = tmp_path / "sweep"
     shutil.copytree(analysed_sweep, sweep_dir)
@@ -133,7 +132,7 @@ def test_failed_and_unfinished_runs_are_listed(analysed_sweep, tmp_path, capsys)
     multirun = sweep_dir / "multirun.yaml"
     multirun.write_text(multirun.read_text().replace("seed=0,1", "seed=0,1,2,3"))
     runs = [sweep_dir / "0", sweep_dir / "1"]
-    digest = sweep.write_sweep_tables(sweep_dir, runs, errors={})
+    digest = sweeps.write_sweep_tables(sweep_dir, runs, errors={})
     table = pd.read_csv(sweep_dir / "analysis/runs.csv", keep_default_na=False)
     assert dict(zip(table.seed, table.status)) == {0: "done", 1: "failed", 2: "not started", 3: "missing"}
     assert table.loc[table.seed == 1, "problem"].item() == "diverged"
@@ -144,22 +143,21 @@ def test_failed_and_unfinished_runs_are_listed(analysed_sweep, tmp_path, capsys)
     assert aggregated.loc[0, "n_runs"] == 3 and aggregated.loc[0, "n_done"] == 1  # missing jobs are not runs
     # a run without analysis is skipped by `dnc plot`, the sweep still plotted
     shutil.rmtree(sweep_dir / "1/analysis")
-    sweep.write_sweep_tables(sweep_dir, runs)
+    sweeps.write_sweep_tables(sweep_dir, runs)
     assert "no analysis/metrics.csv" in (sweep_dir / "analysis/runs.csv").read_text()
     dnc("plot", f"run_dir={sweep_dir}", "figures=[nc_metrics]", *FAST_PLOT)
     assert "not plotted" in capsys.readouterr().out and (sweep_dir / "figures/nc_metrics.png").is_file()
 
 
+@pytest.mark.slow
 def test_comparison_figure_per_swept_parameter(analysed_sweep, tmp_path):
     """Two sweeps' runs side by side, one with label noise: a comparison figure and per-value band figures."""
-    from dnc_cli.plot import plot_sweep
-
     sweep_dir = tmp_path / "sweep"
     shutil.copytree(analysed_sweep, sweep_dir)
     for job, fraction in (("0", "0.0"), ("1", "0.5")):  # pretend the sweep was seed x random_fraction
         path = sweep_dir / job / ".hydra/overrides.yaml"
         path.write_text(path.read_text() + f"- dataset.labels.random_fraction={fraction}\n")
-    sweep.write_sweep_tables(sweep_dir, [sweep_dir / "0", sweep_dir / "1"])
+    sweeps.write_sweep_tables(sweep_dir, [sweep_dir / "0", sweep_dir / "1"])
     runs = pd.read_csv(sweep_dir / "analysis/runs.csv")
     assert list(runs.columns[1:3]) == ["seed", "dataset.labels.random_fraction"]
     aggregated = pd.read_csv(sweep_dir / "analysis/aggregated.csv")
@@ -170,7 +168,7 @@ def test_comparison_figure_per_swept_parameter(analysed_sweep, tmp_path):
                      "random_fraction=0/nc_metrics.png"]
 
 
-# ---------------------------------------------------------------- other launchers
+@pytest.mark.slow
 @needs_joblib
 def test_joblib_sweep(tmp_path):
     sweep_dir = train_sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
@@ -180,6 +178,7 @@ def test_joblib_sweep(tmp_path):
     assert (sweep_dir / "figures/nc_metrics.png").is_file()
 
 
+@pytest.mark.slow
 @needs_submitit
 def test_submitit_local_sweep(tmp_path):
     sweep_dir = train_sweep(tmp_path, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10")
@@ -190,140 +189,12 @@ def test_submitit_local_sweep(tmp_path):
     assert (sweep_dir / "figures/nc_metrics.png").is_file()
 
 
-@needs_submitit
-def test_slurm_launcher_config():
-    cfg = compose_hydra(["hydra/launcher=slurm", "hydra.launcher.partition=gpu"])
-    launcher = cfg.hydra.launcher
-    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
-    assert launcher.max_num_timeout > 0 and launcher.gpus_per_node == 1 and launcher.partition == "gpu"
-    assert launcher.array_parallelism >= 1 and launcher.timeout_min > 0
-
-
-def test_without_the_plugins_launchers_fail_in_one_line(tmp_path, monkeypatch):
-    """A regular `hydra_plugins` package first on the path hides the installed plugins (as if not installed)."""
-    (tmp_path / "hidden/hydra_plugins").mkdir(parents=True)
-    (tmp_path / "hidden/hydra_plugins/__init__.py").write_text("")
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "hidden"))
-    for launcher in ("joblib", "slurm"):
-        result = run_cli("train", "-m", "seed=0,1", f"hydra/launcher={launcher}", cwd=tmp_path)
-        assert_usage_error(result, f"hydra/launcher={launcher}", "pip install -e '.[sweeps]'")
-
-
-# ---------------------------------------------------------------- the dispatcher in sweeps
-def compose_hydra(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-
-    with initialize_config_module("dnc_cli.conf", version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=overrides, return_hydra_config=True)
-
-
-def test_sweep_overrides_pass_the_dispatcher(tmp_path, monkeypatch):
-    from dnc_cli import train
-
-    monkeypatch.chdir(tmp_path)
-    # a job's number resolves in the check; comma sweeps and +sweep presets say multirun
-    assert cli._check_config("train", train, ["seed=0,1", "device=${dnc_job_gpu:}"]) is False
-    assert cli._check_config("train", train, ["+sweep=seeds"]) is True
-    assert cli._check_config("train", train, ["+sweep=[seeds,label_noise]", "hydra/launcher=basic"]) is True
-    with pytest.raises(SystemExit) as exit_:
-        cli._check_config("train", train, ["seed=0,1", "model.width=0,8"])
-    assert exit_.value.code == 2
-
-
-def test_job_gpu_and_resume_resolvers(tmp_path, monkeypatch):
-    import torch
-    from hydra.core.hydra_config import HydraConfig
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
-    cfg = compose_hydra(["hydra.job.num=6", f"hydra.runtime.output_dir={tmp_path}"])
-    HydraConfig.instance().set_config(cfg)
-    try:
-        assert cli.job_gpu() == "cuda:2"
-        assert cli.resume_here() is None  # no last.pt: a fresh run
-        (tmp_path / "checkpoints").mkdir()
-        (tmp_path / "checkpoints/last.pt").write_bytes(b"")
-        assert cli.resume_here() == str(tmp_path)
-    finally:
-        HydraConfig.instance().cfg = None
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert cli.job_gpu() == "cpu"
-
-
-@pytest.mark.parametrize("name", SWEEPS)
-def test_named_sweeps(name):
-    cfg = compose_hydra([f"+sweep={name}"])
-    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN" and len(cfg.hydra.sweeper.params) >= 1
-    text = (CONF / "sweep" / f"{name}.yaml").read_text()
-    assert text.startswith("# @package _global_")
-
-
-def test_combined_sweeps_and_expansion(tmp_path):
-    cfg = compose_hydra(["+sweep=[seeds,label_noise]"])
-    assert dict(cfg.hydra.sweeper.params) == {"seed": "0,1,2", "dataset.labels.random_fraction": "0.0,0.25,0.5,1.0"}
+def test_overrides_and_expected_jobs(tmp_path):
     (tmp_path / "multirun.yaml").write_text("hydra:\n  sweeper:\n    params:\n      seed: 0,1,2\n"
                                             "  overrides:\n    task:\n    - model.width=16,32\n    - epochs=3\n")
-    jobs = sweep.expected_jobs(tmp_path)
+    jobs = sweeps.expected_jobs(tmp_path)
     assert len(jobs) == 6 and jobs[0] == {"seed": "0", "model.width": "16"}
-    assert sweep.parse_override("+dataset.labels.random_fraction=0.5") == ("dataset.labels.random_fraction", "0.5")
-    assert sweep.parse_override("~seed") is None
-    assert [sweep.typed(v) for v in ("1", "0.25", "adam", "null", "False")] == [1, 0.25, "adam", None, False]
+    assert sweeps.parse_override("+dataset.labels.random_fraction=0.5") == ("dataset.labels.random_fraction", "0.5")
+    assert sweeps.parse_override("~seed") is None
+    assert [sweeps.typed(v) for v in ("1", "0.25", "adam", "null", "False")] == [1, 0.25, "adam", None, False]
 
-
-def test_analyze_jobs_option():
-    with pytest.raises(UsageError, match="jobs=0"):
-        validate_analyze(AnalyzeConfig(jobs=0))
-
-
-def test_bad_sweep_values_fail_in_one_line(tmp_path):
-    assert_usage_error(run_cli("train", "+sweep=nope", cwd=tmp_path), "sweep=nope", "seeds", "label_noise")
-
-
-# ---------------------------------------------------------------- presets
-@pytest.mark.parametrize("name", PRESETS)
-def test_preset_composes(name, capsys):
-    """`dnc train experiment=X --cfg job`, in-process: the dispatcher's check and Hydra's composition."""
-    cli.main(["train", f"experiment={name}", "--cfg", "job"])
-    printed = capsys.readouterr().out
-    text = (CONF / "experiment" / f"{name}.yaml").read_text()
-    assert text.startswith("# @package _global_\n")
-    if name.endswith("_quick"):
-        assert "n_train: 200" in printed or "n_train: 100" in printed
-        assert f"{name.removesuffix('_quick')}" in text
-    else:
-        assert "Reproduces:" in text and "Time (estimate" in text  # what it reproduces and how long it takes
-        assert f"{name}_quick" in PRESETS
-        assert "n_train: 50000" in printed or "random_fraction: 1.0" in printed
-    cfg = compose("train", [f"experiment={name}"])
-    model = name.split("_")[1] if name.startswith("paper_") else "mlp"
-    assert cfg.model.name.value == {"mlp": "mlp", "resnet": "resnet18_mlp", "deep": "deep_rfm"}[model]
-
-
-# Deep RFM: composes only. SVHN's quick variants would run on digits exactly as CIFAR-10's do (neither dataset is
-# here): test_svhn_quick_presets_are_cifar10s checks that, instead of training the same thing twice.
-QUICK_RUNS = [p for p in PRESETS if p.endswith("_quick") and "deep_rfm" not in p and "svhn" not in p]
-
-
-@pytest.mark.parametrize("model", ["mlp", "resnet", "deep_rfm"])
-def test_svhn_quick_presets_are_cifar10s(model):
-    svhn, cifar = (compose("train", [f"experiment=paper_{model}_{ds}_quick", "dataset=digits"])
-                   for ds in ("svhn", "cifar10"))
-    assert svhn == cifar
-
-
-@pytest.mark.parametrize("name", QUICK_RUNS)
-def test_quick_preset_runs(name, tmp_path):
-    from conftest import train_config
-
-    from dnc_cli.train import run
-
-    if "mnist" in name:
-        _write_fake_mnist(tmp_path / "data", n_train=200, n_test=100)
-        data = [f"dataset.root={tmp_path / 'data'}"]
-    else:  # CIFAR-10 / SVHN are not available offline
-        data = ["dataset=digits"]
-    cfg = train_config([f"experiment={name}", *data, "device=cpu"])
-    assert cfg.epochs <= 4 and (cfg.dataset.n_train or 0) <= 200  # a smoke run
-    summary = run(cfg, tmp_path / "run")
-    assert summary["status"] == "done" and summary["epochs_done"] == cfg.epochs

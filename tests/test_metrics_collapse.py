@@ -1,5 +1,5 @@
-"""dnc_cli.metrics against a naive float64 reference written straight from PAPER.md's formulas, plus closed
-forms (collapse -> 0, simplex ETF -> 0), invariances, and degenerate shapes."""
+"""dnc_cli/metrics/collapse.py against a naive float64 reference written straight from PAPER.md's formulas, plus
+closed forms (collapse -> 0, simplex ETF -> 0), invariances, and degenerate shapes."""
 
 from __future__ import annotations
 
@@ -8,24 +8,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import random_orthogonal
 
-from dnc_cli.metrics import (
-    ClassMeans,
-    ClassMeansResult,
-    NeuralCollapse,
-    nc2,
-    nc2_gram,
-    nc3,
-    nfa_correlation,
-    pearson,
-    psd_power,
-)
+from dnc_cli.metrics.collapse import ClassMeans, ClassMeansResult, NeuralCollapse, nc2, nc2_gram, nc3, nc_of
 
 KEYS = ("nc1", "nc1_trace", "tr_sw_over_st", "tr_sb_over_st", "cdnv", "nc2", "nc2_gram", "ncc_acc", "nc4")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# helpers
 
 
 def make_data(num_samples=300, dim=20, num_classes=5, seed=0, class_probs=None, spread=1.0):
@@ -127,12 +114,6 @@ def assert_close(actual: dict, expected: dict, rel=1e-6, abs=0.0):
         assert actual[key] == pytest.approx(expected[key], rel=rel, abs=abs), key
 
 
-def random_orthogonal(dim, seed):
-    q, r = torch.linalg.qr(torch.randn(dim, dim, generator=torch.Generator().manual_seed(seed),
-                                       dtype=torch.float64))
-    return q * torch.sign(torch.diagonal(r))
-
-
 def simplex_etf_means(num_classes, dim, seed, scale=3.0):
     """Rows of sqrt(K/(K-1)) (I - 11^T/K), embedded in dim > K coordinates, rotated, scaled, translated."""
     etf = math.sqrt(num_classes / (num_classes - 1)) * (torch.eye(num_classes, dtype=torch.float64)
@@ -140,10 +121,6 @@ def simplex_etf_means(num_classes, dim, seed, scale=3.0):
     embedded = torch.zeros(num_classes, dim, dtype=torch.float64)
     embedded[:, :num_classes] = etf
     return scale * embedded @ random_orthogonal(dim, seed).T + 7.0
-
-
-# ----------------------------------------------------------------------------------------------------------
-# against the naive reference
 
 
 @pytest.mark.parametrize("global_mean", ["unweighted", "weighted"])
@@ -228,10 +205,6 @@ def test_few_dimensions_and_a_singleton_class():
         assert_close(actual, reference(features, labels, predictions, global_mean))
 
 
-# ----------------------------------------------------------------------------------------------------------
-# closed forms
-
-
 def test_features_at_their_class_means_are_collapsed():
     features, labels, _ = make_data(seed=5)
     means = ClassMeans(5)
@@ -286,10 +259,6 @@ def test_nc3_drops_rows_of_empty_classes():
     assert abs(nc3(classifier, class_means)) < 1e-10
 
 
-# ----------------------------------------------------------------------------------------------------------
-# invariances
-
-
 def test_rotation_and_translation_invariance():
     features, labels, predictions = make_data(seed=9)
     rotated = features @ random_orthogonal(20, seed=10).T - 100.0
@@ -301,10 +270,6 @@ def test_rotation_and_translation_invariance():
     # but not under a non-orthogonal linear map (so the comparison above can fail)
     stretched = features * torch.linspace(0.1, 3.0, 20, dtype=torch.float64)
     assert analyse(stretched, labels, 5)["nc1"] != pytest.approx(original["nc1"], rel=1e-3)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# ClassMeansResult.transformed, errors
 
 
 def test_transformed_means_equal_means_of_transformed_features():
@@ -345,56 +310,6 @@ def test_nc4_absent_without_predictions():
     assert "nc4" not in analyse(features, labels, 5)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# NFA helpers
-
-
-def test_psd_power_against_naive_eigendecomposition():
-    rotation = random_orthogonal(4, seed=14)
-    eigenvalues = torch.tensor([3.0, 1.0, 0.5, -1e-3], dtype=torch.float64)  # one small negative: clamped
-    matrix = rotation @ torch.diag(eigenvalues) @ rotation.T
-    for alpha in (0.5, 1.0, 2.0):
-        values, vectors = np.linalg.eigh(matrix.numpy())
-        expected = vectors @ np.diag(np.clip(values, 0, None) ** alpha) @ vectors.T
-        np.testing.assert_allclose(psd_power(matrix.float(), alpha).numpy(), expected, atol=1e-6)
-        np.testing.assert_allclose(psd_power(matrix, alpha).numpy(), expected, atol=1e-12)
-    root = psd_power(matrix, 0.5)
-    assert torch.linalg.eigvalsh(root).min() > -1e-12  # the negative direction is gone, not sqrt'd
-    assert not torch.allclose(root @ root, matrix, atol=1e-4)  # the clamp changed something
-    psd = matrix + 2e-3 * torch.eye(4, dtype=torch.float64)
-    assert torch.allclose(psd_power(psd, 0.5) @ psd_power(psd, 0.5), psd, atol=1e-12)
-    assert psd_power(psd, 0.5).dtype == torch.float64
-    # an AGOP summed in floating point is only symmetric up to rounding: its symmetric part is used
-    skewed = psd + 1e-3 * torch.triu(torch.ones(4, 4, dtype=torch.float64), diagonal=1)
-    assert torch.allclose(psd_power(skewed, 0.5), psd_power((skewed + skewed.T) / 2, 0.5), rtol=0, atol=1e-14)
-
-
-def test_pearson_and_nfa_correlation_against_numpy():
-    gen = torch.Generator().manual_seed(15)
-    x = torch.randn(6, 6, generator=gen, dtype=torch.float64)
-    y = torch.randn(6, 6, generator=gen, dtype=torch.float64)
-    assert pearson(x, x) == pytest.approx(1.0, abs=1e-14)
-    assert pearson(x, -2.0 * x + 3.0) == pytest.approx(-1.0, abs=1e-14)
-    expected = np.corrcoef(x.flatten().numpy(), y.flatten().numpy())[0, 1]
-    assert pearson(x, y) == pytest.approx(expected, rel=1e-12)
-
-    weight = torch.randn(5, 6, generator=gen, dtype=torch.float64)
-    agop = x @ x.T + 0.1 * weight.T @ weight
-    for alpha in (0.5, 1.0):
-        values, vectors = np.linalg.eigh(agop.numpy())
-        power = vectors @ np.diag(np.clip(values, 0, None) ** alpha) @ vectors.T
-        gram = weight.numpy().T @ weight.numpy()
-        expected = np.corrcoef(gram.flatten(), power.flatten())[0, 1]
-        assert nfa_correlation(weight, psd_power(agop, alpha)) == pytest.approx(expected, rel=1e-10)
-    # the NFA holds exactly when AGOP^(1/2) is proportional to W^T W
-    gram = weight.T @ weight
-    assert nfa_correlation(weight, psd_power(4.0 * gram @ gram, 0.5)) == pytest.approx(1.0)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# device
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_matches_cpu():
     features, labels, predictions = make_data(seed=16)
@@ -402,3 +317,10 @@ def test_cuda_matches_cpu():
     on_gpu = analyse(features.cuda().float(), labels.cuda(), 5, predictions.cuda())
     assert_close(on_gpu, analyse(features.float(), labels, 5, predictions), rel=1e-9)
     assert on_gpu["nc1"] == pytest.approx(on_cpu["nc1"], rel=1e-5)
+
+
+def test_nc_of_is_both_passes_over_features_in_memory():
+    features, labels, _ = make_data(seed=17)
+    assert_close(nc_of(features, labels, 5, batch_size=7), analyse(features, labels, 5), rel=1e-12)
+    options = {"global_mean": "weighted", "official_scaling": True}
+    assert_close(nc_of(features, labels, 5, **options), analyse(features, labels, 5, **options), rel=1e-12)

@@ -1,4 +1,4 @@
-"""Neural-collapse metrics (NC1-NC4, CDNV, NCC accuracy) and the Neural Feature Ansatz correlation.
+"""Neural-collapse metrics: NC1-NC4, CDNV and NCC accuracy (the AGOP and the NFA are in dnc_cli/metrics/agop.py).
 
 PAPER.md defines every formula used here. A representation h_i in R^m of N samples with labels y_i in
 [0, K) is analysed in two streaming passes over the data, so nothing of size N x m is ever held:
@@ -313,36 +313,17 @@ def nc3(classifier_weight: Tensor, class_means: ClassMeansResult, global_mean: s
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Neural Feature Ansatz (PAPER.md, "AGOP and the NFA")
+# both passes over features held in memory
 
 
-def psd_eigh(matrix: Tensor) -> tuple[Tensor, Tensor]:
-    """eigh of a symmetric matrix in float64, symmetrised first (eigh reads one triangle only)."""
-    matrix = matrix.to(torch.float64)
-    return torch.linalg.eigh((matrix + matrix.T) / 2)
-
-
-def psd_power(matrix: Tensor, alpha: float, eigh: tuple[Tensor, Tensor] | None = None) -> Tensor:
-    """matrix^alpha (float64) for a symmetric PSD matrix, via eigh; negative eigenvalues (rounding noise of
-    an AGOP accumulated in floating point) are clamped to 0. alpha >= 0 (0 gives the identity). `eigh`: the
-    matrix's `psd_eigh`, when several powers of one matrix are needed (one decomposition serves them all)."""
-    if alpha < 0:
-        raise ValueError(f"psd_power needs alpha >= 0, got {alpha}")
-    eigenvalues, eigenvectors = psd_eigh(matrix) if eigh is None else eigh
-    return (eigenvectors * eigenvalues.clamp_min(0.0) ** alpha) @ eigenvectors.T
-
-
-def pearson(a: Tensor, b: Tensor) -> float:
-    """Pearson correlation of two matrices' entries: subtract each one's mean entry, then cosine."""
-    a = a.flatten().to(torch.float64)
-    b = b.flatten().to(device=a.device, dtype=torch.float64)
-    a = a - a.mean()
-    b = b - b.mean()
-    return float((a @ b) / (a.norm() * b.norm()))
-
-
-def nfa_correlation(weight: Tensor, agop_power: Tensor) -> float:
-    """NFA: Pearson correlation of W^T W with AGOP^alpha, given as `agop_power` = psd_power(AGOP, alpha) (formed
-    once per power: the SVD stage `agop` needs AGOP^1/2 too). weight (m_out, m_in), agop_power (m_in, m_in)."""
-    weight = weight.to(torch.float64)
-    return pearson(weight.T @ weight, agop_power)
+def nc_of(features: Tensor, labels: Tensor, num_classes: int, global_mean: str = "unweighted",
+          official_scaling: bool = False, batch_size: int = 4096) -> dict[str, float]:
+    """ClassMeans then NeuralCollapse over a feature matrix already in memory (Deep RFM's representations), by
+    `batch_size` rows; the metrics of `NeuralCollapse.compute` (no nc4: there are no predictions)."""
+    means = ClassMeans(num_classes)
+    for i in range(0, len(features), batch_size):
+        means.update(features[i:i + batch_size], labels[i:i + batch_size])
+    collapse = NeuralCollapse(means.compute(), global_mean=global_mean, official_scaling=official_scaling)
+    for i in range(0, len(features), batch_size):
+        collapse.update(features[i:i + batch_size], labels[i:i + batch_size])
+    return collapse.compute()

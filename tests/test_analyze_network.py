@@ -1,4 +1,5 @@
-"""`dnc analyze`: the pipeline against naive float64 references, the run-level contract, bad input."""
+"""dnc_cli/analyze/network.py: the pipeline against naive float64 references straight from PAPER.md, the NFA
+forms, the run-level contract (table, resume, precision, settings)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY, assert_usage_error, run_cli, train_config
+from conftest import TINY, assert_usage_error, naive_agops, naive_jacobians, run_cli, train_config
 
-from dnc_cli.analyze import LayerAGOPs, add_gram, analyze_checkpoint, analyze_run, symmetrised
-from dnc_cli.config import AnalyzeConfig, DatasetConfig, DatasetName, ModelConfig
+from dnc_cli.analyze.command import analyze_run
+from dnc_cli.analyze.network import analyze_checkpoint
+from dnc_cli.config import AnalyzeConfig, ModelConfig
 from dnc_cli.data import load_dataset
-from dnc_cli.models import build_model
+from dnc_cli.models.networks import build_model
+from dnc_cli.runs import read_run_config
+from dnc_cli.train.command import run
 
 
-# ---------------------------------------------------------------- naive references, straight from PAPER.md
 def naive_nc(features, labels, predictions, num_classes):
     h = features.double()
     n = len(h)
@@ -32,34 +35,6 @@ def naive_nc(features, labels, predictions, num_classes):
             "nc2": torch.linalg.norm(gram / torch.linalg.norm(gram) - etf).item(),
             "ncc_acc": (ncc == labels).double().mean().item(),
             "nc4": (ncc != predictions).double().mean().item()}
-
-
-def naive_agops(model, h0):
-    """Per-sample Jacobians of the sub-network from each layer's input to the K outputs, by autograd."""
-    agops = []
-    for start in range(len(model.layers)):
-        def subnet(h, start=start):
-            for layer in model.layers[start:]:
-                h = model.act(layer(h))
-            return model.classifier(h)
-
-        with torch.no_grad():
-            h = h0
-            for layer in model.layers[:start]:
-                h = model.act(layer(h))
-        jac = torch.stack([torch.autograd.functional.jacobian(subnet, hi) for hi in h])  # N x K x d
-        agops.append(torch.einsum("nkd,nke->de", jac, jac) / len(h))
-    return agops
-
-
-@pytest.fixture
-def random_net_and_data():
-    torch.manual_seed(0)
-    data = load_dataset(DatasetConfig(name=DatasetName.synthetic, num_classes=4, dim=6, n_available=120,
-                                      separation=2.0), seed=0)
-    data.train.x, data.test.x = data.train.x.double(), data.test.x.double()
-    model = build_model(ModelConfig(depth=2, width=9, init_gain=1.0), (1, 1, 6), 4).double().eval()
-    return model, data
 
 
 def _rows_dict(rows):
@@ -101,43 +76,6 @@ def _naive_sqrt(matrix):
     return torch.from_numpy(vectors @ np.diag(np.sqrt(np.clip(values, 0, None))) @ vectors.T)
 
 
-@pytest.mark.parametrize("depth, bias, width", [(2, False, 9), (4, True, 140)])  # 140: add_gram's blocks
-def test_agop_all_layers_matches_per_layer_jacobians(random_net_and_data, depth, bias, width):
-    _, data = random_net_and_data
-    torch.manual_seed(depth)
-    model = build_model(ModelConfig(depth=depth, width=width, init_gain=1.0, bias=bias), (1, 1, 6), 4).double()
-    h0 = model.embed(data.train.x)
-    agops = LayerAGOPs(model)
-    for i in range(0, len(h0), 50):  # batches: the sum over samples is additive
-        agops.update(h0[i:i + 50])
-    for ours, reference in zip(agops.compute(), naive_agops(model, h0), strict=True):
-        torch.testing.assert_close(ours, reference, rtol=1e-9, atol=1e-12)
-
-
-def test_agop_two_layer_network_hand_formula():
-    """f(x) = A relu(W x): grad_x f_c = Wᵀ diag(1[Wx > 0]) a_c, so AGOP = mean_i Wᵀ D_i AᵀA D_i W."""
-    torch.manual_seed(1)
-    model = build_model(ModelConfig(depth=1, width=7, init_gain=1.0), (1, 1, 5), 3).double()
-    x = torch.randn(40, 5, dtype=torch.float64)
-    w, a = model.layers[0].weight.detach(), model.classifier.weight.detach()
-    expected = torch.zeros(5, 5, dtype=torch.float64)
-    for xi in x:
-        d = torch.diag((w @ xi > 0).double())
-        expected += w.T @ d @ a.T @ a @ d @ w
-    agops = LayerAGOPs(model)
-    agops.update(x)
-    torch.testing.assert_close(agops.compute()[0], expected / 40, rtol=1e-12, atol=1e-14)
-
-
-def test_add_gram_upper_blocks_give_the_full_gram():
-    torch.manual_seed(2)
-    rows = torch.randn(300, 300, dtype=torch.float64)  # 300 = 2 blocks of 128 and a partial third
-    total = torch.zeros(300, 300, dtype=torch.float64)
-    add_gram(total, rows[:170])
-    add_gram(total, rows[170:])
-    torch.testing.assert_close(symmetrised(total), rows.T @ rows, rtol=1e-12, atol=1e-10)
-
-
 def test_right_and_left_nc1_agree_and_families_filter(random_net_and_data):
     model, data = random_net_and_data
     rows = _rows_dict(analyze_checkpoint(model, data, AnalyzeConfig(), torch.device("cpu")))
@@ -151,7 +89,6 @@ def test_right_and_left_nc1_agree_and_families_filter(random_net_and_data):
     assert not any(k[3].startswith("nfa") for k in only_nc)
 
 
-# ---------------------------------------------------------------- run level
 def test_analyze_run_contract_and_resume(tmp_path, tiny_run, monkeypatch):
     acfg = AnalyzeConfig(progress=False)
     assert analyze_run(tiny_run, acfg, torch.device("cpu")) == []
@@ -172,7 +109,7 @@ def test_analyze_run_contract_and_resume(tmp_path, tiny_run, monkeypatch):
     reference = (tiny_run / "analysis/metrics.csv").read_bytes()
 
     # interrupted after two checkpoints, then rerun: identical table
-    import dnc_cli.analyze as analyze_module
+    import dnc_cli.analyze.network as analyze_module
 
     real, calls = analyze_module.analyze_checkpoint, {"n": 0}
 
@@ -194,9 +131,8 @@ def test_analyze_run_contract_and_resume(tmp_path, tiny_run, monkeypatch):
     analyze_run(tiny_run, acfg, torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_backbone_stages_are_analysed(tmp_path):
-    from dnc_cli.train import run
-
     cfg = train_config(["model=resnet18_mlp", "model.width=16", "model.depth=2", "epochs=1", "dataset.n_train=60",
                         "dataset.n_test=30"])
     run(cfg, tmp_path)
@@ -207,39 +143,7 @@ def test_backbone_stages_are_analysed(tmp_path):
     assert {"backbone.layer1", "backbone.layer4", ""} <= stages
 
 
-def test_cli_analyze(tmp_path, tiny_run):
-    result = run_cli("analyze", f"run_dir={tmp_path}", "splits=[train]", "families=[nc]", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    df = pd.read_csv(tiny_run / "analysis/metrics.csv")
-    assert set(df.split) == {"train"}
-    assert not (tmp_path / "outputs").exists()  # analyze writes into the run, not into outputs/
-
-
-def test_bad_input(tmp_path, tiny_run):
-    assert_usage_error(run_cli("analyze", f"run_dir={tmp_path / 'missing'}", cwd=tmp_path), "missing",
-                       "does not exist")
-    (tmp_path / "empty").mkdir()
-    assert_usage_error(run_cli("analyze", f"run_dir={tmp_path / 'empty'}", cwd=tmp_path), "holds no run")
-    assert_usage_error(run_cli("analyze", f"run_dir={tiny_run}", "splits=[val]", cwd=tmp_path), "val", "train")
-    assert_usage_error(run_cli("analyze", f"run_dir={tiny_run}", "families=[ntk]", cwd=tmp_path), "ntk", "svd")
-    # a truncated checkpoint: named, skipped, the rest analysed, exit non-zero
-    ckpt = tiny_run / "checkpoints/epoch_000004.pt"
-    ckpt.write_bytes(ckpt.read_bytes()[:100])
-    result = run_cli("analyze", f"run_dir={tiny_run}", "families=[nc]", cwd=tmp_path)
-    assert_usage_error(result, "epoch_000004.pt")
-    assert sorted(set(pd.read_csv(tiny_run / "analysis/metrics.csv").epoch)) == [0, 2, 6]
-    # a checkpoint from another model: one line, existing tables untouched
-    table = (tiny_run / "analysis/metrics.csv").read_bytes()
-    wrong = build_model(ModelConfig(depth=3, width=48), (1, 8, 8), 10)
-    torch.save({"model": wrong.state_dict(), "epoch": 8}, tiny_run / "checkpoints/epoch_000008.pt")
-    result = run_cli("analyze", f"run_dir={tiny_run}", "families=[nc]", cwd=tmp_path)
-    assert_usage_error(result, "epoch_000008.pt", "does not match")
-    assert (tiny_run / "analysis/metrics.csv").read_bytes() == table
-
-
 def test_unfinished_run_is_analysed(tmp_path):
-    from dnc_cli.train import run
-
     run(train_config(TINY + ["epochs=2"]), tmp_path)
     summary = tmp_path / "summary.json"
     summary.write_text(summary.read_text().replace('"done"', '"running"'))
@@ -247,16 +151,16 @@ def test_unfinished_run_is_analysed(tmp_path):
     assert "running" in (tmp_path / "analysis/nc_table.md").read_text()
 
 
+@pytest.mark.slow
 def test_precision_float64_and_settings_guard(tmp_path, tiny_run):
     """precision=float64 runs the network and every metric in float64 (the same rows as analyze_checkpoint on a
     float64 copy); the settings are recorded and a resume with other settings is refused, tables untouched."""
-    from dnc_cli.analyze import load_run_config
     from dnc_cli.config import Precision
 
     acfg = AnalyzeConfig(progress=False, splits=["train"], precision=Precision.float64, gram_samples_per_class=0)
     analyze_run(tiny_run, acfg, torch.device("cpu"))
     df = pd.read_csv(tiny_run / "analysis/metrics.csv", keep_default_na=False)
-    cfg = load_run_config(tiny_run)
+    cfg = read_run_config(tiny_run)
     data = load_dataset(cfg.dataset, cfg.seed).to("cpu", torch.float64)
     model = build_model(cfg.model, data.input_shape, data.num_classes).double()
     model.load_state_dict(torch.load(tiny_run / "checkpoints/epoch_000000.pt", weights_only=True)["model"])
@@ -305,7 +209,7 @@ def test_agops_float32_cannot_resolve_are_reported(random_net_and_data, tiny_run
     analyze_checkpoint(model.double(), data, acfg, cpu, in_float64)
     assert in_float64 == []
 
-    import dnc_cli.analyze as analyze_module
+    import dnc_cli.analyze.network as analyze_module
 
     real = analyze_module.analyze_checkpoint
 
@@ -318,26 +222,6 @@ def test_agops_float32_cannot_resolve_are_reported(random_net_and_data, tiny_run
     analyze_run(tiny_run, AnalyzeConfig(progress=False, splits=["train"], gram_samples_per_class=0), cpu)
     warnings = [r.getMessage() for r in caplog.records if "precision=float64" in r.getMessage()]
     assert len(warnings) == 1 and "epoch(s) 0, 2, 4, 6" in warnings[0] and "layer(s) 2 " in warnings[0]
-
-
-def naive_jacobians(model, h0, wrt: str):
-    """Per layer, the per-sample Jacobians (N x K x m) of the K outputs w.r.t. the layer's input h_{l-1}
-    (wrt="input") or its pre-activation W_l h_{l-1} (wrt="preact"), by autograd."""
-    jacobians = []
-    for start in range(len(model.layers)):
-        def subnet(v, start=start):
-            h = model.act(v) if wrt == "preact" else model.act(model.layers[start](v))
-            for layer in model.layers[start + 1:]:
-                h = model.act(layer(h))
-            return model.classifier(h)
-
-        with torch.no_grad():
-            h = h0
-            for layer in model.layers[:start]:
-                h = model.act(layer(h))
-            v = model.layers[start](h) if wrt == "preact" else h
-        jacobians.append(torch.stack([torch.autograd.functional.jacobian(subnet, vi) for vi in v]))
-    return jacobians
 
 
 def test_nfa_forms_match_naive_references(random_net_and_data):

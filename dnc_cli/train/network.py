@@ -1,4 +1,5 @@
-"""`dnc train`: train a network through the terminal phase (TPT) and beyond, saving scheduled checkpoints.
+"""Training a network (the layer protocol of dnc_cli/models/networks.py) through the terminal phase (TPT) and beyond,
+saving the schedule's checkpoints: the `network` kind of `dnc train`.
 
 Resumable: `checkpoints/last.pt` holds model, optimizer and every RNG state after each epoch, so
 `dnc train resume=<run_dir>` continues bitwise identically (on CPU) to an uninterrupted run.
@@ -9,57 +10,40 @@ from __future__ import annotations
 import logging
 import math
 import os
-import platform
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import hydra
 import torch
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
 
-import dnc_cli
-from dnc_cli.cli import fail
-from dnc_cli.config import (
-    CheckpointConfig,
-    ModelName,
-    OptimizerName,
-    Schedule,
-    TrainConfig,
-    resolve_device,
-    to_object,
-    to_plain,
-    validate_train,
-)
+from dnc_cli.config import CheckpointConfig, OptimizerName, Schedule, TrainConfig, to_plain
 from dnc_cli.data import load_dataset, targets
+from dnc_cli.devices import resolve_device
 from dnc_cli.errors import UsageError
-from dnc_cli.models import build_model
-from dnc_cli.runs import CONFIG_FILE, atomic_path, checkpoint_name, ensure_writable_dir, read_json, write_json
+from dnc_cli.models.networks import build_model
+from dnc_cli.runs import (
+    CHECKPOINTS_DIR,
+    LAST_CHECKPOINT,
+    SUMMARY_FILE,
+    TRAIN_LOG_FILE,
+    atomic_path,
+    checkpoint_name,
+    read_json,
+    save_atomic,
+    truncate_log,
+    write_json,
+)
+from dnc_cli.train.lifecycle import check_resume_config, start_run
 
 log = logging.getLogger("dnc.train")
 LOG_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "elapsed_s")
-# config keys that may change when resuming a run (everything else must match the saved config)
-RESUMABLE_CHANGES = {"resume", "epochs", "epochs_after_tpt", "device", "progress"}
-
-# The run dir is the resumed run's folder, or a fresh timestamped one (see conf/train.yaml).
-OmegaConf.register_new_resolver("dnc_run_dir", lambda resume, fresh: resume or fresh, replace=True)
 
 
-def check(cfg: DictConfig) -> TrainConfig:
-    train_cfg = validate_train(to_object(cfg, TrainConfig))
-    if train_cfg.model.name == ModelName.deep_rfm:
-        from dnc_cli.rfm import rfm_config
-
-        rfm_config(train_cfg).validate()
-    if train_cfg.resume is not None and not (Path(train_cfg.resume) / "checkpoints" / "last.pt").exists():
-        raise UsageError(f"resume={train_cfg.resume} holds no checkpoints/last.pt to resume from")
-    if "hydra" in cfg:
-        ensure_writable_dir(cfg.hydra.run.dir, "hydra.run.dir")
-        ensure_writable_dir(cfg.hydra.sweep.dir, "hydra.sweep.dir")
-    return train_cfg
+def check(cfg: TrainConfig) -> None:
+    """What a network needs beyond config.validate_train."""
+    if cfg.model.width is None:
+        raise UsageError("model.width=null (as many features as inputs) is for model=deep_rfm; "
+                         f"model={cfg.model.name.value} needs a width")
 
 
 def checkpoint_schedule(c: CheckpointConfig, epochs: int) -> set[int]:
@@ -98,75 +82,8 @@ def evaluate(model, x, labels, target, loss_fn, batch_size) -> tuple[float, floa
     return per_sample, int(correct) / len(x)
 
 
-def versions() -> dict:
-    sha = None
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(dnc_cli.__file__).parent, capture_output=True,
-                             text=True, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {"python": platform.python_version(), "torch": torch.__version__, "dnc": dnc_cli.__version__,
-            "git_sha": sha}
-
-
-def save_atomic(obj, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def check_resume_config(run_dir: Path, plain: dict) -> None:
-    # through the schema, so that a run written by an older dnc compares by its meaning (standardize: true = pixel)
-    saved = to_plain(validate_train(to_object(OmegaConf.load(run_dir / CONFIG_FILE), TrainConfig)))
-
-    def diff(a, b, prefix=""):
-        for key in sorted(set(a) | set(b)):
-            if prefix == "" and key in RESUMABLE_CHANGES:
-                continue
-            va, vb = a.get(key), b.get(key)
-            if isinstance(va, dict) and isinstance(vb, dict):
-                yield from diff(va, vb, f"{prefix}{key}.")
-            elif va != vb:
-                yield f"{prefix}{key}={vb} (the run has {va})"
-
-    changed = list(diff(saved, plain))
-    if changed:
-        raise UsageError(f"resume={run_dir}: config differs from the run's: {', '.join(changed)}; "
-                         f"only {', '.join(sorted(RESUMABLE_CHANGES - {'resume'}))} may change")
-
-
-def start_run(cfg: TrainConfig, plain: dict, data, run_dir: Path) -> dict:
-    """A fresh run's first files (its config and labels; refused if `run_dir` already holds a run); returns the
-    initial summary. Shared by networks and Deep RFMs."""
-    if (run_dir / "checkpoints" / "last.pt").exists():
-        raise UsageError(f"hydra.run.dir={run_dir} already holds a run; continue it with resume={run_dir}")
-    with atomic_path(run_dir / CONFIG_FILE) as tmp:
-        tmp.write_text(OmegaConf.to_yaml(plain))
-    # which samples were relabelled (random labels), and the labels actually trained on
-    save_atomic({"train_labels": data.train.labels.cpu(), "relabelled": data.relabelled,
-                 "true_train_labels": data.true_train_labels}, run_dir / "labels.pt")
-    return {"status": "running", "model": cfg.model.name.value, "dataset": cfg.dataset.name.value,
-            "seed": cfg.seed, "tpt_epoch": None, "versions": versions(), "run_dir": str(run_dir),
-            "num_classes": data.num_classes, "n_train": len(data.train.labels), "n_test": len(data.test.labels),
-            "n_relabelled": int(data.relabelled.sum())}
-
-
-def truncate_log(path: Path, last_epoch: int) -> None:
-    """Drop log rows written after the resume state (an interruption between log append and last.pt)."""
-    if not path.exists():
-        return
-    lines = path.read_text().splitlines(keepends=True)
-    kept = [lines[0]] + [ln for ln in lines[1:] if int(ln.split(",", 1)[0]) <= last_epoch]
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(kept))
-
-
-def run(cfg: TrainConfig, run_dir: Path) -> dict:
+def train(cfg: TrainConfig, run_dir: Path) -> dict:
     """Train with `cfg`, writing the run layout into `run_dir`; returns the summary."""
-    run_dir = Path(run_dir)
-    if cfg.model.name == ModelName.deep_rfm:
-        from dnc_cli.rfm import run_deep_rfm
-
-        return run_deep_rfm(cfg, run_dir)
     device = resolve_device(cfg.device)
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -181,7 +98,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> dict:
     test_t = targets(data.test.labels, data.num_classes, cfg.loss.value)
     batch_rng = torch.Generator().manual_seed(cfg.seed)  # batch order, on the CPU on every device
     plain = to_plain(cfg)
-    ckpt_dir, log_path, summary_path = run_dir / "checkpoints", run_dir / "train_log.csv", run_dir / "summary.json"
+    ckpt_dir, log_path, summary_path = run_dir / CHECKPOINTS_DIR, run_dir / TRAIN_LOG_FILE, run_dir / SUMMARY_FILE
     schedule = checkpoint_schedule(cfg.checkpoints, cfg.epochs)
 
     def evaluate_both():
@@ -190,7 +107,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> dict:
 
     if cfg.resume is not None:
         check_resume_config(run_dir, plain)
-        state = torch.load(ckpt_dir / "last.pt", map_location=device, weights_only=True)
+        state = torch.load(ckpt_dir / LAST_CHECKPOINT, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         batch_rng.set_state(state["batch_rng"])
@@ -218,7 +135,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> dict:
                    "metrics": dict(zip(LOG_COLUMNS[1:5], metrics))}, ckpt_dir / checkpoint_name(epoch))
         save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                "tpt_epoch": tpt_epoch, "batch_rng": batch_rng.get_state(), "torch_rng": torch.get_rng_state(),
-               "elapsed_s": row[-1]}, ckpt_dir / "last.pt")
+               "elapsed_s": row[-1]}, ckpt_dir / LAST_CHECKPOINT)
         summary |= {"epochs_done": epoch, "tpt_epoch": tpt_epoch, "elapsed_s": round(row[-1], 3),
                     "final": dict(zip(LOG_COLUMNS[1:5], metrics))}
         write_json(summary_path, summary)
@@ -272,45 +189,3 @@ def _finished(cfg: TrainConfig, epoch: int, tpt_epoch: int | None) -> bool:
     if epoch >= cfg.epochs:
         return True
     return cfg.epochs_after_tpt is not None and tpt_epoch is not None and epoch >= tpt_epoch + cfg.epochs_after_tpt
-
-
-def _discard_if_empty(run_dir: Path) -> None:
-    """A run that failed before writing anything leaves no folder behind (Hydra creates it before we start)."""
-    if (run_dir / CONFIG_FILE).exists():
-        return
-    shutil.rmtree(run_dir, ignore_errors=True)
-    for parent in run_dir.absolute().parents:
-        if parent == Path.cwd() or any(parent.iterdir()):
-            break
-        parent.rmdir()
-
-
-def share_cores(launcher) -> int | None:
-    """Parallel sweep jobs on one machine (the joblib launcher's n_jobs) split the cores between them: torch's
-    OpenMP threads in several processes oversubscribe the cores (measured here: 3 jobs on 2 cores made an MNIST
-    epoch 17x slower than with one thread each). An explicit OMP_NUM_THREADS is left alone."""
-    n_jobs = launcher.get("n_jobs") if "n_jobs" in launcher else None
-    cores = os.cpu_count() or 1
-    if not n_jobs or "OMP_NUM_THREADS" in os.environ:
-        return None
-    n_jobs = cores + 1 + n_jobs if n_jobs < 0 else n_jobs  # joblib: -1 = one job per core
-    if n_jobs <= 1:
-        return None
-    threads = max(1, cores // n_jobs)
-    torch.set_num_threads(threads)
-    return threads
-
-
-@hydra.main(version_base="1.3", config_path="pkg://dnc_cli.conf", config_name="train")
-def main(cfg: DictConfig) -> None:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    share_cores(HydraConfig.get().launcher)
-    try:
-        summary = run(check(cfg), run_dir)
-    except UsageError as exc:
-        _discard_if_empty(run_dir)
-        fail("train", str(exc))
-    except KeyboardInterrupt:
-        print(f"dnc train: interrupted; continue with: dnc train resume={run_dir}", file=sys.stderr)
-        raise SystemExit(130) from None
-    print(f"run dir: {run_dir}  (tpt_epoch={summary.get('tpt_epoch')}, status={summary['status']})")

@@ -1,0 +1,141 @@
+"""The AGOP (average gradient outer product) of every layer of a network, matrix powers of PSD matrices, and the
+Neural Feature Ansatz correlation (PAPER.md, "AGOP and the NFA"):
+
+    AGOP_l = (1/N) Σ_i Σ_c ∇f_c(h_{l-1,i}) ∇f_c(h_{l-1,i})ᵀ,   NFA_l = corr(W_lᵀ W_l, AGOP_l^α)
+
+`LayerAGOPs` streams all layers' AGOPs over batches (`update(h0)` then `compute()`), like the collapse metrics;
+`psd_power` forms AGOP^α (α = 1/2 also projects the `agop` stage of the SVD-decomposed NC1, and each Deep RFM
+layer's features: dnc_cli/models/deep_rfm.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+GRAM_BLOCK = 128  # column block of `add_gram`: measured fastest on a 2-core AVX-512 CPU (64: 0.12 s, 512: 0.15 s)
+
+
+def add_gram(total: Tensor, rows: Tensor) -> None:
+    """total += rowsᵀ rows on and above the diagonal blocks only (≈ 5/8 of the GEMM work at m = 512; the Gram is
+    symmetric, `symmetrised` restores the rest). Products in the rows' dtype, sums in total's (float64)."""
+    m = rows.shape[1]
+    for start in range(0, m, GRAM_BLOCK):
+        block = slice(start, start + GRAM_BLOCK)
+        total[block, start:] += (rows[:, block].T @ rows[:, start:]).to(total.dtype)
+
+
+def symmetrised(upper_blocks: Tensor) -> Tensor:
+    """The symmetric matrix whose upper triangle `add_gram` accumulated."""
+    return torch.triu(upper_blocks) + torch.triu(upper_blocks, 1).T
+
+
+class LayerAGOPs:
+    """Every analysed layer's AGOP (PAPER.md, AGOP and the NFA), streamed over batches: `update(h0)`, `compute()`.
+
+    AGOP_l = (1/N) Σ_i Σ_c ∇f_c(h_{l-1,i}) ∇f_c(h_{l-1,i})ᵀ, f = the sub-network from h_{l-1} to the K logits.
+    Exact, and cheaper than K autograd backward passes into every h_{l-1} because the layer protocol's layers are
+    Linear + ReLU:
+    * the gradient w.r.t. h_{l-1} is W_lᵀ g̃, g̃ = the gradient w.r.t. the pre-activation W_l h_{l-1}. So
+      AGOP_l = W_lᵀ P_l W_l with P_l = (1/N) Σ g̃ g̃ᵀ (m_l x m_l), formed once in compute(): no backward into
+      h_0 and layer 1's per-row product is m_1² (512²) instead of d² (784² on MNIST);
+    * the last layer's g̃ for output c is s_i ⊙ a_c (s_i = ReLU'(W_L h_{L-1,i}) ∈ {0,1}^m, a_c = classifier row
+      c), so Σ_i Σ_c g̃ g̃ᵀ = (AᵀA) ⊙ (SᵀS): N m² work instead of N K m²;
+    * the other layers' g̃ come from one hand-written backward of all K outputs at once, (K, B, m) per layer,
+      and their P_l sums from `add_gram` (upper blocks only).
+    Products in the features' dtype, sums in float64. Checked against per-sample autograd Jacobians in the
+    tests and against vmap(jacrev) in `make bench`."""
+
+    def __init__(self, model):
+        if not isinstance(model.act, torch.nn.ReLU):  # the masks below are ReLU's derivative
+            raise TypeError(f"LayerAGOPs needs ReLU layers, got {type(model.act).__name__}")
+        self.model = model
+        device = model.classifier.weight.device
+        self.preact_sums = [torch.zeros(layer.out_features, layer.out_features, dtype=torch.float64, device=device)
+                            for layer in model.layers]
+        # Σ_i g̃_ic per output c (K x m_l): the mean gradient that the centred-Jacobian AGOP subtracts
+        self.preact_grad_sums = [torch.zeros(model.classifier.out_features, layer.out_features, dtype=torch.float64,
+                                             device=device) for layer in model.layers]
+        self.num_samples = 0
+
+    def update(self, h0: Tensor):
+        """Adds this batch (h0: (B, m_0)) to every layer's sum; returns the batch's trace for reuse."""
+        with torch.no_grad():
+            trace = self.model.trace(h0)
+            classifier = self.model.classifier.weight.to(h0.dtype)  # A, (K, m_L)
+            grad_out = None  # ∂logits/∂h_l for the K outputs, (K, B, m_l); for l = L it is A's rows
+            for l in range(len(self.model.layers), 0, -1):
+                active = trace.outputs[l - 1] > 0  # ReLU'(W_l h_{l-1}); torch's ReLU backward uses the same test
+                if grad_out is None:
+                    mask = active.to(h0.dtype)
+                    self.preact_sums[l - 1] += (classifier.T @ classifier).double() * (mask.T @ mask).double()
+                    preact_grad = classifier.unsqueeze(1) * mask  # (K, B, m_L)
+                    self.preact_grad_sums[l - 1] += (classifier * mask.sum(0)).double()
+                else:
+                    preact_grad = grad_out * active
+                    add_gram(self.preact_sums[l - 1], preact_grad.reshape(-1, preact_grad.shape[-1]))
+                    self.preact_grad_sums[l - 1] += preact_grad.sum(1).double()
+                if l > 1:
+                    grad_out = preact_grad @ self.model.layers[l - 1].weight.to(h0.dtype)
+        self.num_samples += h0.shape[0]
+        return trace
+
+    def preactivation_grams(self, centred: bool = False) -> list[Tensor]:
+        """Per layer P_l = (1/N) Σ_i Σ_c g̃_ic g̃_icᵀ (m_l x m_l, float64), so that AGOP_l = W_lᵀ P_l W_l. `centred`:
+        with each output's mean gradient ḡ_c = (1/N) Σ_i g̃_ic subtracted, P_l - Σ_c ḡ_c ḡ_cᵀ: then W_lᵀ P_l W_l is
+        the AGOP of the Jacobians centred over the samples (aradha/agop_feature_learning, centering=True)."""
+        grams = []
+        for l, (total, grad_sum) in enumerate(zip(self.preact_sums, self.preact_grad_sums), start=1):
+            gram = (total if l == len(self.model.layers) else symmetrised(total)) / self.num_samples
+            if centred:
+                mean_grad = grad_sum / self.num_samples
+                gram = gram - mean_grad.T @ mean_grad
+            grams.append(gram)
+        return grams
+
+    def compute(self) -> list[Tensor]:
+        """[AGOP_1, ..., AGOP_L], each (m_{l-1}, m_{l-1}) float64."""
+        return [sandwich(layer.weight, gram) for layer, gram in zip(self.model.layers, self.preactivation_grams())]
+
+
+def sandwich(weight: Tensor, gram: Tensor) -> Tensor:
+    """weightᵀ gram weight in float64: the AGOP w.r.t. a layer's input from the Gram of its pre-activation
+    gradients (chain rule through W h)."""
+    weight = weight.detach().double()
+    return weight.T @ gram @ weight
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Neural Feature Ansatz (PAPER.md, "AGOP and the NFA")
+
+
+def psd_eigh(matrix: Tensor) -> tuple[Tensor, Tensor]:
+    """eigh of a symmetric matrix in float64, symmetrised first (eigh reads one triangle only)."""
+    matrix = matrix.to(torch.float64)
+    return torch.linalg.eigh((matrix + matrix.T) / 2)
+
+
+def psd_power(matrix: Tensor, alpha: float, eigh: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """matrix^alpha (float64) for a symmetric PSD matrix, via eigh; negative eigenvalues (rounding noise of
+    an AGOP accumulated in floating point) are clamped to 0. alpha >= 0 (0 gives the identity). `eigh`: the
+    matrix's `psd_eigh`, when several powers of one matrix are needed (one decomposition serves them all)."""
+    if alpha < 0:
+        raise ValueError(f"psd_power needs alpha >= 0, got {alpha}")
+    eigenvalues, eigenvectors = psd_eigh(matrix) if eigh is None else eigh
+    return (eigenvectors * eigenvalues.clamp_min(0.0) ** alpha) @ eigenvectors.T
+
+
+def pearson(a: Tensor, b: Tensor) -> float:
+    """Pearson correlation of two matrices' entries: subtract each one's mean entry, then cosine."""
+    a = a.flatten().to(torch.float64)
+    b = b.flatten().to(device=a.device, dtype=torch.float64)
+    a = a - a.mean()
+    b = b - b.mean()
+    return float((a @ b) / (a.norm() * b.norm()))
+
+
+def nfa_correlation(weight: Tensor, agop_power: Tensor) -> float:
+    """NFA: Pearson correlation of W^T W with AGOP^alpha, given as `agop_power` = psd_power(AGOP, alpha) (formed
+    once per power: the SVD stage `agop` needs AGOP^1/2 too). weight (m_out, m_in), agop_power (m_in, m_in)."""
+    weight = weight.to(torch.float64)
+    return pearson(weight.T @ weight, agop_power)
