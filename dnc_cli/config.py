@@ -304,6 +304,8 @@ class ReportConfig:
     run_dir: str = "outputs"
     nc1_form: str = "nc1_trace"  # the NC1 form the verdicts use (both forms are reported): nc1_trace | nc1
     split: str = "train"  # split of the NC metrics judged (NFA is always train)
+    # judge the runs as they stood at this epoch (e.g. the paper's 250 of a longer run): report_until_epoch<N>.md
+    until_epoch: int | None = None
     # 1. collapse through overtraining: NC1 of the last hidden layer falls >= collapse_factor from the first
     # checkpoint to the end, and >= post_tpt_factor from the TPT checkpoint to the end
     collapse_factor: float = 10.0

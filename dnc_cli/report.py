@@ -142,8 +142,9 @@ def read_metrics(path: Path) -> pd.DataFrame:
     return df
 
 
-def load_run(run_dir: Path) -> RunData:
-    """A run's tables; UsageError when it has no analysis yet."""
+def load_run(run_dir: Path, until_epoch: int | None = None) -> RunData:
+    """A run's tables; UsageError when it has no analysis yet. `until_epoch`: the run as it stood at that epoch
+    (later checkpoints, log rows and a later TPT left out)."""
     run_dir = Path(run_dir)
     path = run_dir / "analysis" / "metrics.csv"
     if not path.is_file():
@@ -157,7 +158,19 @@ def load_run(run_dir: Path) -> RunData:
     if (run_dir / "train_log.csv").is_file():
         train_log = pd.read_csv(run_dir / "train_log.csv")
         train_log = train_log if len(train_log) and "epoch" in train_log.columns else None
-    return RunData(run_dir, read_metrics(path), summary, config, train_log)
+    metrics = read_metrics(path)
+    if until_epoch is not None:
+        metrics = metrics[metrics["epoch"] <= until_epoch]
+        train_log = None if train_log is None else train_log[train_log["epoch"] <= until_epoch]
+        if (summary.get("tpt_epoch") or 0) > until_epoch:
+            summary = summary | {"tpt_epoch": None}
+        if metrics.empty:
+            raise UsageError(f"until_epoch={until_epoch}: {run_dir} has no analysed checkpoint at or before it")
+    return RunData(run_dir, metrics, summary, config, train_log)
+
+
+def report_file(cfg: ReportConfig) -> str:
+    return REPORT_FILE if cfg.until_epoch is None else f"report_until_epoch{cfg.until_epoch}.md"
 
 
 # ---------------------------------------------------------------------------------------------------- claims
@@ -694,15 +707,15 @@ def write_report(root: Path, cfg: ReportConfig) -> Report:
     if not paths:
         raise UsageError(f"run_dir={root} holds no run (no {CONFIG_FILE} below it)")
     if len(paths) == 1:
-        run = load_run(paths[0])
+        run = load_run(paths[0], cfg.until_epoch)
         claims = evaluate_run(run, cfg)
-        out = paths[0] / REPORT_FILE
+        out = paths[0] / report_file(cfg)
         write_text(out, render_run(run, claims, cfg))
         return Report(out, claims, 1)
     runs, skipped = [], []
     for path in paths:
         try:
-            runs.append(load_run(path))
+            runs.append(load_run(path, cfg.until_epoch))
         except UsageError as exc:
             skipped.append((path, str(exc)))
     if not runs:
@@ -710,7 +723,7 @@ def write_report(root: Path, cfg: ReportConfig) -> Report:
                          f"`dnc analyze run_dir={root}` first")
     per_run = [evaluate_run(run, cfg) for run in runs]
     claims = [aggregate(spec, [claims[i] for claims in per_run], cfg) for i, spec in enumerate(CLAIMS)]
-    out = root / REPORT_FILE
+    out = root / report_file(cfg)
     write_text(out, render_sweep(root, runs, per_run, claims, skipped, cfg))
     return Report(out, claims, len(runs), skipped)
 
