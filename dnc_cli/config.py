@@ -196,6 +196,7 @@ class AnalyzeConfig:
     nc1: NC1Options = field(default_factory=NC1Options)
     nfa: NFAOptions = field(default_factory=NFAOptions)
     gram_samples_per_class: int = 30
+    epochs: list[int] | None = None  # the checkpoints to analyse (None: every checkpoint of each run)
     batch_size: int = 1000
     device: str = "auto"
     precision: Precision = Precision.float32  # dtype the network is run and analysed in (networks; Deep RFM: float32)
@@ -225,6 +226,8 @@ class ReportConfig:
     run_dir: str = "outputs"
     nc1_form: str = "nc1_trace"  # the NC1 form the verdicts use (both forms are reported): nc1_trace | nc1
     split: str = "train"  # split of the NC metrics judged (NFA is always train)
+    # judge the runs as they stood at this epoch (e.g. the paper's 250 of a longer run): report_until_epoch<N>.md
+    until_epoch: int | None = None
     # 1. collapse through overtraining: NC1 of the last hidden layer falls >= collapse_factor from the first
     # checkpoint to the end, and >= post_tpt_factor from the TPT checkpoint to the end
     collapse_factor: float = 10.0
@@ -306,6 +309,7 @@ def validate_analyze(cfg: AnalyzeConfig) -> AnalyzeConfig:
     _need(cfg.batch_size >= 1, f"batch_size={cfg.batch_size} must be >= 1")
     _need(cfg.gram_samples_per_class >= 0, f"gram_samples_per_class={cfg.gram_samples_per_class} must be >= 0")
     _need(cfg.jobs >= 1, f"jobs={cfg.jobs} must be >= 1")
+    _need(cfg.epochs is None or all(e >= 0 for e in cfg.epochs), f"epochs={cfg.epochs} must be checkpoint epochs >= 0")
     validate_device(cfg.device)
     return cfg
 

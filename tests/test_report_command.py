@@ -128,3 +128,23 @@ def test_report_on_a_real_tiny_run(tiny_run):
     assert claims["nfa"].measured and 0 < claims["nfa"].numbers["α=0.5|final"] <= 1
     assert claims["overtraining"].measured and claims["overtraining"].numbers["end_epoch"] == 6
     assert "## 4. Neural Feature Ansatz" in report.path.read_text()
+
+
+def test_until_epoch_judges_the_run_as_it_stood_then(tmp_path):
+    """until_epoch=10 (before the TPT at 20): claim 1 has no TPT, the NFA is judged at epoch 10, and the report goes
+    to its own file, leaving report.md alone."""
+    from report_tables import rising_nfa
+
+    from dnc_cli.report.run_data import load_run
+    from dnc_cli.report.verdicts import evaluate_run
+
+    run = write_run(tmp_path / "run", network_metrics())
+    early = ReportConfig(until_epoch=10)
+    claims = {c.key: c for c in evaluate_run(load_run(run, 10), early)}
+    assert claims["overtraining"].verdict == NA and "not reached" in claims["overtraining"].reason
+    assert claims["nfa"].numbers["final_epoch"] == 10
+    assert claims["nfa"].numbers["α=0.5|final"] == pytest.approx(sum(rising_nfa(10, layer) for layer in (1, 2, 3)) / 3)
+    report = write_report(run, early)
+    assert report.path.name == "report_until_epoch10.md" and not (run / "report.md").exists()
+    with pytest.raises(UsageError, match="until_epoch=-1"):
+        load_run(run, -1)

@@ -249,7 +249,7 @@ def analyze_run(run_dir: Path, cfg: TrainConfig, acfg: AnalyzeConfig, device: to
     old = read_metrics(table) if table.exists() and not acfg.force else None
     rows = [] if old is None else old.to_dict("records")
     done = set() if old is None else set(old.epoch)
-    epochs = [e for e in checkpoint_epochs(run_dir) if e not in done]
+    epochs = [e for e in checkpoint_epochs(run_dir) if e not in done and (acfg.epochs is None or e in acfg.epochs)]
     if status != "done":
         log.warning("%s: run is %s; analysing its checkpoints so far", run_dir, status)
     data = load_dataset(cfg.dataset, cfg.seed)

@@ -30,6 +30,10 @@ class Report:
     skipped: list[tuple[Path, str]] = field(default_factory=list)
 
 
+def report_file(cfg: ReportConfig) -> str:
+    return REPORT_FILE if cfg.until_epoch is None else f"report_until_epoch{cfg.until_epoch}.md"
+
+
 def write_report(root: Path, cfg: ReportConfig) -> Report:
     """Judge every claim for the run at/below `root` (one run: <run>/report.md) or the sweep `root` holds
     (several runs: <root>/report.md). UsageError when there is no run or no analysis."""
@@ -38,15 +42,15 @@ def write_report(root: Path, cfg: ReportConfig) -> Report:
     if not paths:
         raise UsageError(f"run_dir={root} holds no run (no {CONFIG_FILE} below it)")
     if len(paths) == 1:
-        run = load_run(paths[0])
+        run = load_run(paths[0], cfg.until_epoch)
         claims = evaluate_run(run, cfg)
-        out = paths[0] / REPORT_FILE
+        out = paths[0] / report_file(cfg)
         write_text(out, render_run(run, claims, cfg))
         return Report(out, claims, 1)
     runs, skipped = [], []
     for path in paths:
         try:
-            runs.append(load_run(path))
+            runs.append(load_run(path, cfg.until_epoch))
         except UsageError as exc:
             skipped.append((path, str(exc)))
     if not runs:
@@ -54,7 +58,7 @@ def write_report(root: Path, cfg: ReportConfig) -> Report:
                          f"`dnc analyze run_dir={root}` first")
     per_run = [evaluate_run(run, cfg) for run in runs]
     claims = [aggregate(spec, [claims[i] for claims in per_run], cfg) for i, spec in enumerate(CLAIMS)]
-    out = root / REPORT_FILE
+    out = root / report_file(cfg)
     write_text(out, render_sweep(root, runs, per_run, claims, skipped, cfg))
     return Report(out, claims, len(runs), skipped)
 

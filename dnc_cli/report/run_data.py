@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
+from dnc_cli.errors import UsageError
 from dnc_cli.runs import CONFIG_FILE, read_summary, run_kind
 from dnc_cli.tables import KEY_COLUMNS, read_run_metrics, read_train_log
 
@@ -75,11 +76,19 @@ def get(config: dict, dotted: str):
     return node
 
 
-def load_run(run_dir: Path) -> RunData:
-    """A run's tables; UsageError when it has no analysis yet."""
+def load_run(run_dir: Path, until_epoch: int | None = None) -> RunData:
+    """A run's tables; UsageError when it has no analysis yet. `until_epoch`: the run as it stood at that epoch
+    (later checkpoints, log rows and a later TPT left out)."""
     run_dir = Path(run_dir)
-    metrics = read_run_metrics(run_dir)
+    metrics, summary, train_log = read_run_metrics(run_dir), read_summary(run_dir), read_train_log(run_dir)
     config = {}
     if (run_dir / CONFIG_FILE).is_file():
         config = OmegaConf.to_container(OmegaConf.load(run_dir / CONFIG_FILE), resolve=False) or {}
-    return RunData(run_dir, metrics, read_summary(run_dir), config, read_train_log(run_dir))
+    if until_epoch is not None:
+        metrics = metrics[metrics["epoch"] <= until_epoch]
+        train_log = None if train_log is None else train_log[train_log["epoch"] <= until_epoch]
+        if (summary.get("tpt_epoch") or 0) > until_epoch:
+            summary = summary | {"tpt_epoch": None}
+        if metrics.empty:
+            raise UsageError(f"until_epoch={until_epoch}: {run_dir} has no analysed checkpoint at or before it")
+    return RunData(run_dir, metrics, summary, config, train_log)
