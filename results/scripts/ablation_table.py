@@ -2,7 +2,7 @@
 
     python results/scripts/ablation_table.py runs/mnist_mlp_ablation > runs/mnist_mlp_ablation/ablation.md
 
-Numbers come from `dnc report`'s own measures (dnc_cli.report.evaluate_run), judged at the end of each run and,
+Numbers come from `dnc report`'s own measures (dnc_cli.report.verdicts.evaluate_run), judged at the end of each run and,
 with until_epoch=250, at the paper's horizon; the setting is the run's `+ablation=` override.
 """
 
@@ -14,9 +14,10 @@ import numpy as np
 import pandas as pd
 
 from dnc_cli.config import ReportConfig
-from dnc_cli.report import evaluate_run, load_run
+from dnc_cli.analyze.sweeps import read_overrides
+from dnc_cli.report.run_data import load_run
+from dnc_cli.report.verdicts import evaluate_run
 from dnc_cli.runs import find_runs
-from dnc_cli.sweep import read_overrides
 
 PAPER_HORIZON = 250
 ORDER = ["baseline", "no_reset", "lr_3e-4", "gain_1", "standardize_global", "standardize_none"]

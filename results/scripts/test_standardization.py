@@ -14,10 +14,9 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from dnc_cli.analyze import load_run_config
 from dnc_cli.data import load_dataset
-from dnc_cli.models import build_model
-from dnc_cli.runs import checkpoint_epochs, checkpoint_name
+from dnc_cli.models.networks import build_model
+from dnc_cli.runs import checkpoint_epochs, checkpoint_name, read_run_config
 
 
 def accuracy(model, x, labels) -> float:
@@ -29,7 +28,7 @@ def main(run_dirs: list[str]) -> None:
     print("| run | epoch | test acc, own statistics (pixel_split) | test acc, training statistics (pixel) |")
     print("|---|---|---|---|")
     for run_dir in map(Path, run_dirs):
-        cfg = load_run_config(run_dir)
+        cfg = read_run_config(run_dir)
         by_mode = {}
         for mode in ("pixel_split", "pixel"):
             cfg.dataset.standardize = mode
