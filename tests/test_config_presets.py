@@ -116,6 +116,7 @@ def test_quick_preset_runs(name, tmp_path):
         write_fake_mnist(tmp_path / "data", n_train=200, n_test=100)
         data = [f"dataset.root={tmp_path / 'data'}"]
     cfg = train_config([f"experiment={name}", *data, "device=cpu"])
-    assert (cfg.epochs <= 4 or "deep_rfm" in name) and (cfg.dataset.n_train or 0) <= 200  # a smoke run (Deep RFM: no epochs)
+    # a smoke run (a Deep RFM has no epochs)
+    assert (cfg.epochs <= 4 or "deep_rfm" in name) and (cfg.dataset.n_train or 0) <= 200
     summary = run(cfg, tmp_path / "run")
     assert summary["status"] == "done"

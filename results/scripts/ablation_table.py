@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dnc_cli.config import ReportConfig
 from dnc_cli.analyze.sweeps import read_overrides
+from dnc_cli.config import ReportConfig
 from dnc_cli.report.run_data import load_run
 from dnc_cli.report.verdicts import evaluate_run
 from dnc_cli.runs import find_runs

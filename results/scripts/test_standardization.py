@@ -47,10 +47,10 @@ def main(run_dirs: list[str]) -> None:
     z = ((raw.test.x.flatten(1) - raw.train.x.flatten(1).mean(0)) / std).where(std > 0, 0.0)
     print(f"\ntraining pixels: {int((std == 0).sum())} constant, {int(((std > 0) & (std < 5)).sum())} with "
           f"0 < std < 5 (of 255; median std {float(std.median()):.1f})")
+    train_z = ((raw.train.x.flatten(1) - raw.train.x.flatten(1).mean(0)) / std).where(std > 0, 0.0)
     print(f"test pixels standardised with the training statistics: max |z| = {float(z.abs().max()):.0f}; "
           f"{float((z.abs() > 10).any(1).double().mean()):.1%} of test images have a pixel with |z| > 10 "
-          f"(training images: {float(((raw.train.x.flatten(1) - raw.train.x.flatten(1).mean(0)) / std).where(std > 0, 0.0).abs().gt(10).any(1).double().mean()):.1%})")
-    train_z = ((raw.train.x.flatten(1) - raw.train.x.flatten(1).mean(0)) / std).where(std > 0, 0.0)
+          f"(training images: {float(train_z.abs().gt(10).any(1).double().mean()):.1%})")
     rare = (std > 0) & (std < 5)
     share = (train_z[:, rare] ** 2).sum(1) / (train_z**2).sum(1)
     print(f"share of a standardised training image's squared norm in those {int(rare.sum())} rare pixels: mean "
