@@ -15,6 +15,7 @@ from dnc_cli.plot.figures import RUN_FIGURES
 from dnc_cli.runs import DEEP_RFM, NETWORK
 
 
+@pytest.mark.slow
 def test_plot_run_writes_every_figure_as_png_and_pdf_byte_identically(tmp_path):
     run_dir = make_network_run(tmp_path / "run")
     written = plot_run(run_dir, dpi=60)

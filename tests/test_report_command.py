@@ -112,6 +112,7 @@ def test_cli_usage_errors(tmp_path, case):
         assert_usage_error(run_cli("report", f"run_dir={tmp_path}", "majority=1.5", cwd=tmp_path), "majority=1.5")
 
 
+@pytest.mark.slow
 def test_report_on_a_real_tiny_run(tiny_run):
     import torch
 

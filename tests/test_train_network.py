@@ -24,6 +24,7 @@ def test_checkpoint_schedule():
     assert checkpoint_schedule(CheckpointConfig(schedule=Schedule.list, epochs=[3, 5]), 9) == {3, 5}
 
 
+@pytest.mark.slow  # trains past the TPT
 def test_run_layout_and_tpt(tmp_path):
     cfg = train_config(["model.width=64", "model.depth=2", "epochs=60", "epochs_after_tpt=3",
                         "dataset.n_train=300", "dataset.n_test=100", "optimizer.lr=3e-3"])
