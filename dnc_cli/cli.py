@@ -147,6 +147,9 @@ def main(argv: list[str] | None = None) -> None:
         multirun = _check_config(command, module, overrides) or bool({"-m", "--multirun"} & set(args))
         if command == "train" and multirun and not any(o.lstrip("+").startswith("resume=") for o in overrides):
             args = [*args, RESUME_IN_SWEEPS]  # sweep jobs continue their own folder when it holds last.pt
+    launch = getattr(module, "launch", None)  # a command that drives a Hydra launcher itself (analyze: a job per run)
+    if overrides is not None and launch is not None and launch(args, overrides):
+        return
     sys.argv = [f"dnc {command}", *args]
     module.main()
 

@@ -189,6 +189,15 @@ class NFAOptions:
 
 
 @dataclass
+class DistributedOptions:
+    """Under torchrun (README, "Scaling out"; dnc_cli/distributed.py). Outside it these do nothing."""
+
+    # seconds a rank waits for the others, to form the process group and in every collective, before it gives up:
+    # a rank that died or hangs ends the others within this time (a rank whose sockets closed ends them at once)
+    timeout_s: float = 600.0
+
+
+@dataclass
 class AnalyzeConfig:
     run_dir: str = "outputs"
     splits: list[str] = field(default_factory=lambda: list(SPLITS))
@@ -203,6 +212,10 @@ class AnalyzeConfig:
     force: bool = False
     progress: bool = True
     jobs: int = 1  # runs analysed in parallel (processes); with several GPUs, run i on GPU i mod #GPUs
+    distributed: DistributedOptions = field(default_factory=DistributedOptions)
+    # write the sweep tables from the runs' tables as they are, analysing nothing: the last step after a
+    # job-array analysis (hydra/launcher=slurm, README "Scaling out")
+    tables_only: bool = False
 
 
 # ---------------------------------------------------------------------------------------------------- dnc plot
@@ -309,6 +322,7 @@ def validate_analyze(cfg: AnalyzeConfig) -> AnalyzeConfig:
     _need(cfg.batch_size >= 1, f"batch_size={cfg.batch_size} must be >= 1")
     _need(cfg.gram_samples_per_class >= 0, f"gram_samples_per_class={cfg.gram_samples_per_class} must be >= 0")
     _need(cfg.jobs >= 1, f"jobs={cfg.jobs} must be >= 1")
+    _need(cfg.distributed.timeout_s > 0, f"distributed.timeout_s={cfg.distributed.timeout_s} must be > 0")
     _need(cfg.epochs is None or all(e >= 0 for e in cfg.epochs), f"epochs={cfg.epochs} must be checkpoint epochs >= 0")
     validate_device(cfg.device)
     return cfg

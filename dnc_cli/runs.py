@@ -166,6 +166,12 @@ def checkpoint_epochs(run_dir: Path) -> list[int]:
     return sorted(int(p.stem.split("_")[1]) for p in (Path(run_dir) / CHECKPOINTS_DIR).glob("epoch_*.pt"))
 
 
+def checkpoints_to_analyse(run_dir: Path, analysed: set[int], selected: list[int] | None) -> list[int]:
+    """The run's checkpoint epochs that `dnc analyze` has still to do: not among the `analysed` epochs of its table
+    and, given `epochs=[...]` (`selected`), among those."""
+    return [e for e in checkpoint_epochs(run_dir) if e not in analysed and (selected is None or e in selected)]
+
+
 def gram_file_name(epoch: int, split: str) -> str:
     """analysis/<this>: a class-stratified feature sample of every layer at `epoch`, for the Gram figure."""
     return f"gram_epoch_{epoch:06d}_{split}.npz"

@@ -2,6 +2,10 @@
 (dnc_cli/models/deep_rfm.py `deep_rfm_representations`), and the neural-collapse metrics of every layer's three
 stages, input X_l, agop M_l^½ X_l and activation Φ(M_l^½ X_l) (PAPER.md, "Deep RFM"), become the metrics table's
 rows, with epoch 0 (the single checkpoint) and layer = RFM layer; stage '' holds each layer's kernel accuracy.
+
+Under torchrun the replay is not sharded: every rank replays the whole split (one GEMM per layer and stage; the N x N
+kernels that make a Deep RFM expensive are training's), so the ranks stay in step without a collective, and rank 0
+writes the files.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import torch
 
 from dnc_cli.config import AnalyzeConfig, TrainConfig
 from dnc_cli.data import load_dataset
+from dnc_cli.distributed import is_writer
 from dnc_cli.metrics.collapse import nc_of
 from dnc_cli.models.deep_rfm import RFMLayer, deep_rfm_representations
 from dnc_cli.runs import ANALYSIS_DIR, LABELS_FILE, atomic_path, checkpoint_path, gram_file_name, write_json, write_text
@@ -65,6 +70,8 @@ def analyze_run(run_dir: Path, cfg: TrainConfig, acfg: AnalyzeConfig, device: to
                 gram[f"layer_{layer}"] = reps["input"][sample].cpu().numpy()
         if split == "train":
             gram["labels"] = labels[sample].cpu().numpy()
+    if not is_writer():
+        return []
     df = save_table(out_dir / METRICS_FILE, [dict(zip(COLUMNS, row)) for row in rows])
     write_json(out_dir / SETTINGS_FILE, settings)
     if gram:

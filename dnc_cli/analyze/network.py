@@ -6,6 +6,9 @@ Per checkpoint and split the data is swept twice (PAPER.md, NC1): sweep 1 runs t
 every representation from the layer protocol's `trace`, accumulates class sums and (train split) all layers'
 AGOPs (`LayerAGOPs`); sweep 2 runs it again and accumulates the within-class projections, traces and
 nearest-class-centre decisions. No m x m matrix is formed for NC1; the AGOPs are m_{l-1} x m_{l-1} by definition.
+
+Under torchrun each rank sweeps its shard of every split and the accumulators are synchronised after each sweep
+(dnc_cli/distributed.py): sweep 2 measures scatter around the global class means; rank 0 writes the files.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 
 from dnc_cli.config import AnalyzeConfig, TrainConfig
 from dnc_cli.data import load_dataset
+from dnc_cli.distributed import is_writer, require_agreement, shard, sync_all
 from dnc_cli.errors import UsageError
 from dnc_cli.metrics.agop import LayerAGOPs, nfa_correlation, psd_eigh, psd_power, sandwich
 from dnc_cli.metrics.collapse import ClassMeans, NeuralCollapse, nc3
@@ -26,8 +30,8 @@ from dnc_cli.runs import (
     ANALYSIS_DIR,
     LABELS_FILE,
     atomic_path,
-    checkpoint_epochs,
     checkpoint_path,
+    checkpoints_to_analyse,
     gram_file_name,
     read_summary,
     write_json,
@@ -97,6 +101,8 @@ def analyze_checkpoint(model, data, acfg: AnalyzeConfig, device, unresolved: lis
         if split not in acfg.splits and not (split == "train" and want_agop):
             continue
         x, labels = getattr(data, split).x, getattr(data, split).labels
+        index = shard(len(x))  # this rank's samples (all of them in one process)
+        x, labels = x[index], labels[index]
         batches = [(x[i:i + acfg.batch_size], labels[i:i + acfg.batch_size]) for i in range(0, len(x),
                                                                                          acfg.batch_size)]
         with_agop = split == "train" and want_agop
@@ -112,6 +118,7 @@ def analyze_checkpoint(model, data, acfg: AnalyzeConfig, device, unresolved: lis
             reps.update({(0, name): f for name, f in stages})
             for key, features in reps.items():
                 means.setdefault(key, ClassMeans(num_classes)).update(features, yb)
+        sync_all([*means.values(), *([layer_agops] if with_agop else [])])  # the ranks' sums: global means, AGOPs
         means = {key: acc.compute() for key, acc in means.items()}
         if with_agop:
             train_agops, agops = layer_agops, layer_agops.compute()
@@ -145,6 +152,7 @@ def analyze_checkpoint(model, data, acfg: AnalyzeConfig, device, unresolved: lis
                 predictions = trace.logits.argmax(1)
             for key, features in reps.items():
                 collapse[key].update(features, yb, predictions)
+        sync_all(collapse.values())
         results = {key: acc.compute() for key, acc in collapse.items()}
         for key, metrics in results.items():
             layer, stage = key
@@ -249,7 +257,8 @@ def analyze_run(run_dir: Path, cfg: TrainConfig, acfg: AnalyzeConfig, device: to
     old = read_metrics(table) if table.exists() and not acfg.force else None
     rows = [] if old is None else old.to_dict("records")
     done = set() if old is None else set(old.epoch)
-    epochs = [e for e in checkpoint_epochs(run_dir) if e not in done and (acfg.epochs is None or e in acfg.epochs)]
+    epochs = checkpoints_to_analyse(run_dir, done, acfg.epochs)
+    require_agreement(f"the checkpoints of {run_dir} to analyse", epochs)
     if status != "done":
         log.warning("%s: run is %s; analysing its checkpoints so far", run_dir, status)
     data = load_dataset(cfg.dataset, cfg.seed)
@@ -284,10 +293,12 @@ def analyze_run(run_dir: Path, cfg: TrainConfig, acfg: AnalyzeConfig, device: to
         except RuntimeError as exc:
             raise UsageError(f"{path} does not match the run's model ({str(exc).splitlines()[0]})") from None
         layers = unresolved.setdefault(epoch, [])
+        require_agreement("the checkpoint to analyse", str(path))  # a rank that skipped one stops every rank
         rows += [dict(zip(COLUMNS, (epoch, *row))) for row in analyze_checkpoint(model, data, acfg, device, layers,
                                                                                initial_weights)]
-        df = save_table(table, rows)  # after every checkpoint: an interrupted analysis resumes from here
-        write_json(out_dir / SETTINGS_FILE, settings)
+        if is_writer():  # after every checkpoint: an interrupted analysis resumes from here
+            save_table(table, rows)
+            write_json(out_dir / SETTINGS_FILE, settings)
         log.info("%s epoch %d analysed", run_dir.name, epoch)
     unresolved = {epoch: layers for epoch, layers in unresolved.items() if layers}
     if unresolved:
@@ -295,7 +306,7 @@ def analyze_run(run_dir: Path, cfg: TrainConfig, acfg: AnalyzeConfig, device: to
                     "eps*lambda_max in float32, so their agop-stage nc1 (the Sigma_B^+ form; nc1_trace is fine) is set "
                     "by rounding: precision=float64 force=true resolves it (README, Precision)", run_dir,
                     ", ".join(map(str, unresolved)), ", ".join(map(str, sorted(set().union(*unresolved.values())))))
-    if rows:
+    if rows and is_writer():
         df = save_table(table, rows)
         write_nc_table(out_dir / NC_TABLE_FILE, df, status)
         final = int(df.epoch.max())

@@ -11,6 +11,10 @@ PAPER.md defines every formula used here. A representation h_i in R^m of N sampl
 Both accumulators follow the torchmetrics pattern (`update(batch)` then `compute()`), accumulate in
 float64 whatever the input dtype, keep their state on one device, and never form an m x m matrix: at
 m = 4096 (Deep RFM's random features) an m x m Sigma_W plus its pseudo-inverse would dominate the run.
+Their state is a set of sums (`sum_states()`), so data-parallel ranks each accumulate a shard and `sync()` adds
+the ranks' states (torchmetrics' dist_reduce_fx="sum"; dnc_cli/distributed.py): ClassMeans.sync() before
+compute(), so that pass 2 of every rank measures scatter around the same, global class means, and
+NeuralCollapse.sync() before compute().
 
 Conventions (PAPER.md, "Notation"):
 - Classes without samples are dropped everywhere: K below is the number of non-empty classes.
@@ -28,6 +32,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from dnc_cli.distributed import all_reduce_sum
 
 GLOBAL_MEANS = ("unweighted", "weighted")
 FLOAT64_EPS = torch.finfo(torch.float64).eps
@@ -97,6 +103,17 @@ class ClassMeans:
         for rows in _row_chunks(features.shape[1], features.shape[0]):
             self.sums.index_add_(0, labels[rows], features[rows].to(device=self.sums.device, dtype=torch.float64))
         self.counts += torch.bincount(labels, minlength=self.num_classes)
+
+    def sum_states(self) -> list[Tensor]:
+        """The state, all sums: class sums (float64) and counts (int64)."""
+        if self.sums is None:
+            raise ValueError("ClassMeans.sum_states() called before any update()")
+        return [self.sums, self.counts]
+
+    def sync(self) -> None:
+        """Add every rank's sums and counts (no-op in one process): then compute() gives the global class means,
+        classes absent from this rank's shard included."""
+        all_reduce_sum(self.sum_states())
 
     def compute(self) -> ClassMeansResult:
         if self.sums is None:
@@ -198,6 +215,16 @@ class NeuralCollapse:
             if predictions is not None:
                 self.nc4_mismatches += (predictions[rows].to(self.device) != nearest).sum()
                 self.num_predicted += nearest.shape[0]
+
+    def sum_states(self) -> list[Tensor]:
+        """The running sums: per-class scatter and projected scatter (float64), counts and NCC/NC4 tallies (int64)."""
+        return [self.scatter_per_class, self.counts, self.projected_scatter, self.ncc_correct, self.nc4_mismatches,
+                self.num_predicted]
+
+    def sync(self) -> None:
+        """Add every rank's running sums (no-op in one process); the class means it was built from must be the
+        synchronised ones, the same on every rank."""
+        all_reduce_sum(self.sum_states())
 
     def compute(self) -> dict[str, float]:
         if not torch.equal(self.counts, self.expected_counts.to(self.device)):
