@@ -46,11 +46,14 @@ def test_job_arguments_keep_odd_paths_whole(tmp_path):
 
 
 def test_unanalysed_reads_the_runs_files(tmp_path, tiny_run):
-    assert jobs.unanalysed([tiny_run], None) == {tiny_run: [0, 2, 4, 6]}
+    assert jobs.unanalysed(tiny_run, None) == [0, 2, 4, 6]
     dnc("analyze", f"run_dir={tiny_run}", "epochs=[0,2]", "families=[nc]", "gram_samples_per_class=0")
-    assert jobs.unanalysed([tiny_run], None) == {tiny_run: [4, 6]}
-    assert jobs.unanalysed([tiny_run], [0, 2]) == {}
+    assert jobs.unanalysed(tiny_run, None) == [4, 6]
+    assert jobs.unanalysed(tiny_run, [0, 2]) == []
+    assert jobs.unanalysed_errors([tiny_run], [0, 2], tmp_path) == {}
     assert "checkpoint(s) 4, 6 not analysed" in jobs.unanalysed_errors([tiny_run], None, tmp_path)[tiny_run]
+    # a run that cannot be analysed at all is listed with the reason
+    assert "no such checkpoint" in jobs.unanalysed_errors([tiny_run], [5], tmp_path)[tiny_run]
 
 
 def same_tables(one: Path, two: Path) -> None:

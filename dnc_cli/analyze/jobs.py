@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dnc_cli.runs import checkpoints_to_analyse
+from dnc_cli.errors import UsageError
+from dnc_cli.runs import analysable_epochs
 from dnc_cli.tables import read_metrics, run_metrics_path
 
 # the launchers that run jobs in this process, one after the other: no reason to split the work into jobs
@@ -50,21 +51,27 @@ def job_arguments(args: list[str], runs: list[Path], run_dir: Path) -> list[str]
             "hydra.sweep.dir=" + quoted(launch_dir(run_dir))]
 
 
-def unanalysed(runs: list[Path], epochs: list[int] | None) -> dict[Path, list[int]]:
-    """Per run, the checkpoints (of `epochs=[...]` when given) that its metrics table lacks; runs lacking none are
-    left out. This is what a job that failed, or has not run, leaves behind."""
-    missing = {}
-    for run_dir in runs:
-        table = run_metrics_path(run_dir)
-        analysed = set(read_metrics(table).epoch) if table.is_file() else set()
-        pending = checkpoints_to_analyse(run_dir, analysed, epochs)
-        if pending:
-            missing[run_dir] = pending
-    return missing
+def unanalysed(run_dir: Path, epochs: list[int] | None) -> list[int]:
+    """The checkpoints of a run (of `epochs=[...]` when given, as `dnc analyze` chooses them) that its metrics table
+    lacks: what a job that failed, or has not run, leaves behind. UsageError when the run cannot be analysed at all
+    (no checkpoint, none of `epochs`) or its table cannot be read."""
+    table = run_metrics_path(run_dir)
+    analysed = set(read_metrics(table).epoch) if table.is_file() else set()
+    return [epoch for epoch in analysable_epochs(run_dir, epochs) if epoch not in analysed]
 
 
 def unanalysed_errors(runs: list[Path], epochs: list[int] | None, run_dir: Path) -> dict[Path, str]:
-    """`unanalysed` as the per-run problems of the sweep tables, pointing at the launcher's logs."""
+    """What each run lacks, as the per-run problems of the sweep tables (pointing at the launcher's logs); runs
+    that lack nothing are left out."""
     logs = launch_dir(run_dir) / ".submitit"
-    return {run: f"checkpoint(s) {', '.join(map(str, pending))} not analysed (their job failed or has not run; logs "
-                 f"in {logs}): rerun the launch" for run, pending in unanalysed(runs, epochs).items()}
+    errors = {}
+    for run in runs:
+        try:
+            pending = unanalysed(run, epochs)
+        except UsageError as exc:
+            errors[run] = str(exc)
+            continue
+        if pending:
+            errors[run] = (f"checkpoint(s) {', '.join(map(str, pending))} not analysed (their job failed or has not "
+                           f"run; logs in {logs}): rerun the launch")
+    return errors

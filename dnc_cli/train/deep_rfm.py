@@ -11,11 +11,10 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
-
 from dnc_cli.config import TrainConfig, to_plain
 from dnc_cli.data import load_dataset
 from dnc_cli.devices import resolve_device
+from dnc_cli.errors import reading
 from dnc_cli.metrics.collapse import nc_of
 from dnc_cli.models.deep_rfm import RFMLayer, fit_deep_rfm, memory_check, validate_deep_rfm
 from dnc_cli.runs import (
@@ -24,12 +23,13 @@ from dnc_cli.runs import (
     RFM_LOG_FILE,
     SUMMARY_FILE,
     checkpoint_path,
+    load_tensors,
     read_json,
     save_atomic,
     truncate_log,
     write_json,
 )
-from dnc_cli.train.lifecycle import check_resume_config, start_run
+from dnc_cli.train.lifecycle import start_run
 
 log = logging.getLogger("dnc.deep_rfm")
 
@@ -51,8 +51,8 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
     ckpt, last = checkpoint_path(run_dir, 0), run_dir / CHECKPOINTS_DIR / LAST_CHECKPOINT
     plain, log_path, summary_path = to_plain(cfg), run_dir / RFM_LOG_FILE, run_dir / SUMMARY_FILE
     if cfg.resume is not None:  # continue after the layers in last.pt (written after every layer)
-        check_resume_config(run_dir, plain)
-        done = [RFMLayer.from_dict(r) for r in torch.load(last, weights_only=True)["rfm_layers"]]
+        with reading(last):
+            done = [RFMLayer.from_dict(r) for r in load_tensors(last, "cpu", ("rfm_layers",))["rfm_layers"]]
         summary = read_json(summary_path) | {"status": "running"}
         truncate_log(log_path, len(done))
         log.info("resuming %s after layer %d", run_dir, len(done))
