@@ -93,20 +93,20 @@ def test_failed_jobs_are_listed_and_a_rerun_finishes(sweep_and_reference, tmp_pa
     shutil.copytree(sweep, tmp_path / "sweep")
     sweep = tmp_path / "sweep"
     good = (sweep / "1/checkpoints/epoch_000002.pt").read_bytes()
-    wrong = build_model(ModelConfig(depth=2, width=48), (1, 8, 8), 10)  # run 1's job fails at epoch 2
+    wrong = build_model(ModelConfig(depth=2, width=48), (1, 8, 8), 10)  # run 1's job skips epoch 2
     torch.save({"model": wrong.state_dict(), "epoch": 2}, sweep / "1/checkpoints/epoch_000002.pt")
     with pytest.raises(SystemExit) as failed:
         cli.main(["analyze", f"run_dir={sweep}", *LAUNCHER, *FAST_ANALYSIS])
     assert failed.value.code == 2
     runs = (sweep / "analysis/runs.csv").read_text()
-    assert "checkpoint(s) 2, 3 not analysed" in runs and ".hydra/analyze/.submitit" in runs
+    assert "checkpoint(s) 2 not analysed" in runs and ".hydra/analyze/.submitit" in runs
     assert (sweep / "0/analysis/metrics.csv").read_bytes() == (reference / "0/analysis/metrics.csv").read_bytes()
 
     # the final step alone, after fixing the run: still lacking, so still listed, nothing analysed
     (sweep / "1/checkpoints/epoch_000002.pt").write_bytes(good)
     with pytest.raises(SystemExit):
         cli.main(["analyze", f"run_dir={sweep}", "tables_only=true", *FAST_ANALYSIS])
-    assert "checkpoint(s) 2, 3 not analysed" in (sweep / "analysis/runs.csv").read_text()
+    assert "checkpoint(s) 2 not analysed" in (sweep / "analysis/runs.csv").read_text()
     # the same launch again: only what is missing is analysed, and the tables are those of jobs=1
     dnc("analyze", f"run_dir={sweep}", *LAUNCHER, *FAST_ANALYSIS)
     same_tables(reference, sweep)
