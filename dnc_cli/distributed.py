@@ -96,12 +96,13 @@ def process_group(timeout_s: float, device: torch.device):
                          "with torchrun (or set RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT for each)")
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     address, port = os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]
     where = f"MASTER_ADDR={address} MASTER_PORT={port}"
     timeout = datetime.timedelta(seconds=timeout_s)
     try:
+        if backend == "nccl":
+            torch.cuda.set_device(device)  # fails for a LOCAL_RANK beyond this node's GPUs
         # checked in Python first: torch's own retries print C++ stack traces on stderr
         if os.environ["RANK"] != "0" or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
             _wait_for_store(address, int(port), timeout_s)
