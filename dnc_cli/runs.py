@@ -16,6 +16,8 @@ Imports no torch at module level (`dnc plot` and `dnc report` use it).
 
 A sweep (`dnc train -m`) is a folder holding Hydra's multirun.yaml and one run per job folder, each with Hydra's
 record of its overrides in .hydra/overrides.yaml; `dnc analyze` writes its tables into <sweep>/analysis/.
+`dnc measure` writes the same layout without checkpoints or logs: config_resolved.yaml, summary.json ("command":
+"measure") and analysis/ (dnc_cli/measure/outputs.py).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ FIGURES_DIR = "figures"
 REPORT_FILE = "report.md"
 MULTIRUN_FILE = "multirun.yaml"
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
+MEASURE_COMMAND = "measure"  # summary.json's "command" in a folder `dnc measure` wrote (it is no training run)
 
 
 # ---------------------------------------------------------------------------------------------------- resolvers
@@ -210,10 +213,24 @@ def find_sweeps(root: Path, runs: list[Path]) -> list[Path]:
     return [root] if is_sweep(root, runs) else []
 
 
-def find_runs_and_sweeps(root: Path) -> tuple[list[Path], list[Path]]:
-    """The runs and sweeps at or below `run_dir=` of analyze and plot; UsageError when there is neither."""
+def is_measure_run(run_dir: Path) -> bool:
+    """A folder `dnc measure` wrote (summary.json's command): its analysis/ is complete, it has no checkpoints."""
+    try:
+        return read_summary(run_dir).get("command") == MEASURE_COMMAND
+    except (OSError, ValueError, AttributeError):  # an unreadable or odd summary.json: not ours
+        return False
+
+
+def find_runs_and_sweeps(root: Path, skip_measured: bool = False) -> tuple[list[Path], list[Path]]:
+    """The runs and sweeps at or below `run_dir=` of analyze and plot; UsageError when there is neither.
+    `skip_measured` (analyze): leave out the folders `dnc measure` wrote, which were analysed when measured."""
     runs = find_runs(Path(root))
+    measured = [run for run in runs if is_measure_run(run)] if skip_measured else []
+    runs = [run for run in runs if run not in measured]
     sweeps = find_sweeps(Path(root), runs)
+    if not runs and not sweeps and measured:
+        raise UsageError(f"run_dir={root} holds only `dnc measure` output, analysed when measured: `dnc plot` and "
+                         "`dnc report` read it as it is")
     if not runs and not sweeps:
         raise UsageError(f"run_dir={root} holds no run (no {CONFIG_FILE} below it)")
     return runs, sweeps

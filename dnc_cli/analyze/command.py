@@ -94,7 +94,7 @@ def analyze_runs(runs: list[Path], acfg: AnalyzeConfig, device) -> tuple[list[st
 def main(cfg: DictConfig) -> None:
     try:
         acfg = check(cfg)
-        runs, sweeps = find_runs_and_sweeps(acfg.run_dir)
+        runs, sweeps = find_runs_and_sweeps(acfg.run_dir, skip_measured=True)
         # every run (acfg.jobs at a time); with several runs, one that cannot be analysed is listed, not fatal
         problems, errors = analyze_runs(runs, acfg, resolve_device(acfg.device))
         for sweep_dir in sweeps:
