@@ -28,7 +28,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
-	$(PY) bench/bench_analyze.py; status=$$?; $(PY) bench/bench_rfm.py && exit $$status
+	$(PY) bench/bench_analyze.py; status=$$?; $(PY) bench/bench_rfm.py || status=1; \
+	$(PY) bench/bench_measure.py || status=1; exit $$status
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache
