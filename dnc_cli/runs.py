@@ -223,15 +223,18 @@ def is_measure_run(run_dir: Path) -> bool:
 
 def find_runs_and_sweeps(root: Path, skip_measured: bool = False) -> tuple[list[Path], list[Path]]:
     """The runs and sweeps at or below `run_dir=` of analyze and plot; UsageError when there is neither.
-    `skip_measured` (analyze): leave out the folders `dnc measure` wrote, which were analysed when measured."""
+    `skip_measured` (analyze): leave out the folders `dnc measure` wrote, which were analysed when measured. Those
+    never make a sweep (a folder of them is no `dnc train -m`)."""
     runs = find_runs(Path(root))
-    measured = [run for run in runs if is_measure_run(run)] if skip_measured else []
-    runs = [run for run in runs if run not in measured]
-    sweeps = find_sweeps(Path(root), runs)
-    if not runs and not sweeps and measured:
-        raise UsageError(f"run_dir={root} holds only `dnc measure` output, analysed when measured: `dnc plot` and "
-                         "`dnc report` read it as it is")
+    measured = [run for run in runs if is_measure_run(run)]
+    trained = [run for run in runs if run not in measured]
+    sweeps = find_sweeps(Path(root), trained)
+    if skip_measured:
+        runs = trained
     if not runs and not sweeps:
+        if measured:
+            raise UsageError(f"run_dir={root} holds only `dnc measure` output, analysed when measured: `dnc plot` "
+                             "and `dnc report` read it as it is")
         raise UsageError(f"run_dir={root} holds no run (no {CONFIG_FILE} below it)")
     return runs, sweeps
 

@@ -62,10 +62,14 @@ def test_analyze_leaves_measured_folders_alone(tmp_path):
 
     write_embeddings(tmp_path)
     _measure_into(tmp_path / "parent" / "measured", tmp_path / "emb.npz", 0)
+    _measure_into(tmp_path / "parent" / "measured_too", tmp_path / "emb.pt", 0)
+    assert find_runs_and_sweeps(tmp_path / "parent") == ([tmp_path / "parent" / "measured",
+                                                          tmp_path / "parent" / "measured_too"], [])  # no sweep
     trained = tmp_path / "parent" / "trained"
     trained.mkdir()
     (trained / "config_resolved.yaml").write_text("{}\n")
-    assert find_runs_and_sweeps(tmp_path / "parent")[0] == [tmp_path / "parent" / "measured", trained]  # plot's
+    assert find_runs_and_sweeps(tmp_path / "parent")[0] == [tmp_path / "parent" / "measured",
+                                                            tmp_path / "parent" / "measured_too", trained]  # plot's
     assert find_runs_and_sweeps(tmp_path / "parent", skip_measured=True) == ([trained], [])  # analyze's view
     with pytest.raises(UsageError, match="holds only `dnc measure` output"):
         find_runs_and_sweeps(tmp_path / "parent" / "measured", skip_measured=True)
