@@ -150,7 +150,6 @@ def staged_files():
     full disk, an interruption) leaves every target as it was: no half-written figure set, no table without its
     Parquet twin. A staged file identical to its target is dropped, so a rerun with nothing new changes nothing."""
     staging = Staging()
-    target = None
     try:
         yield staging
         staging.commit()
@@ -186,6 +185,16 @@ def read_json(path: Path) -> dict:
     return data
 
 
+def append_line(path: Path, line: str) -> None:
+    """One row more of a log (train_log.csv, rfm_log.csv); UsageError naming the file when it cannot be written.
+    A row half-written by an interruption is dropped on resume (`truncate_log`)."""
+    try:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+    except OSError as exc:
+        raise UsageError(f"cannot write {path} ({exc.strerror or exc})") from exc
+
+
 def save_atomic(obj, path: Path) -> None:
     """torch.save, atomically (checkpoints, labels, resume state)."""
     import torch
@@ -199,9 +208,10 @@ def truncate_log(path: Path, last_epoch: int) -> None:
     if not path.exists():
         return
     with reading(path):
-        lines = path.read_text().splitlines(keepends=True)
-        kept = [lines[0]] + [ln for ln in lines[1:] if int(ln.split(",", 1)[0]) <= last_epoch]
-    write_text(path, "".join(kept))
+        header, *rows = path.read_text().splitlines()
+        # a row cut short by an interruption has fewer fields: it goes too
+        kept = [row for row in rows if row.count(",") == header.count(",") and int(row.split(",", 1)[0]) <= last_epoch]
+    write_text(path, "\n".join([header, *kept]) + "\n")
 
 
 def read_run_config(run_dir: Path) -> TrainConfig:
