@@ -20,7 +20,7 @@ test: $(STAMP)
 demo: $(STAMP)
 	rm -rf $(DEMO_DIR)
 	$(VENV)/bin/dnc train hydra.run.dir=$(DEMO_DIR)
-	$(VENV)/bin/dnc analyze run_dir=$(DEMO_DIR) precision=float64  # the digits' early AGOPs need it (README, Precision)
+	$(VENV)/bin/dnc analyze run_dir=$(DEMO_DIR)
 	$(VENV)/bin/dnc plot run_dir=$(DEMO_DIR)
 	@echo "demo done: tables in $(DEMO_DIR)/analysis/, figures in $(DEMO_DIR)/figures/"
 
@@ -28,8 +28,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
-	$(PY) bench/bench_analyze.py; status=$$?; $(PY) bench/bench_rfm.py || status=1; \
-	$(PY) bench/bench_measure.py || status=1; exit $$status
+	status=0; for part in analyze rfm agop_precision measure; do $(PY) bench/bench_$$part.py || status=1; done; exit $$status
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

@@ -11,11 +11,13 @@ from dataclasses import dataclass
 import torch
 
 from dnc_cli.config import DatasetConfig, DatasetName, RandomLabelMode, standardize_mode
-from dnc_cli.errors import UsageError
+from dnc_cli.errors import DAMAGED_FILE_ERRORS, UsageError, short
 
 # The subset of a dataset must not change with the training seed: seeds then differ in initialisation,
 # batch order and random labels only, as in the paper's 3-seed plots.
 SUBSET_SEED = 0
+# NC1 compares within-class with between-class variability: a class needs two samples for the first to exist
+MIN_PER_CLASS = 2
 
 
 @dataclass
@@ -73,7 +75,7 @@ def _synthetic(cfg: DatasetConfig, seed: int):
         return x.view(n, 1, 1, cfg.dim), y
 
     x_train, y_train = draw(cfg.n_available)
-    x_test, y_test = draw(max(cfg.n_available // 4, cfg.num_classes))
+    x_test, y_test = draw(max(cfg.n_available // 4, MIN_PER_CLASS * cfg.num_classes))
     return x_train, y_train, x_test, y_test, cfg.num_classes
 
 
@@ -87,6 +89,8 @@ def _torchvision(cfg: DatasetConfig):
             x, y = torch.as_tensor(ds.data).permute(0, 3, 1, 2), torch.as_tensor(ds.targets)  # from NHWC
         else:
             x, y = ds.data.unsqueeze(1), torch.as_tensor(ds.targets)  # MNIST-like (N, 28, 28)
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} images but {len(y)} labels")
         return x.float(), y.long()
 
     cls = {DatasetName.mnist: tvd.MNIST, DatasetName.fashion_mnist: tvd.FashionMNIST,
@@ -96,11 +100,12 @@ def _torchvision(cfg: DatasetConfig):
             train, test = (cls(cfg.root, split=s, download=cfg.download) for s in ("train", "test"))
         else:
             train, test = (cls(cfg.root, train=t, download=cfg.download) for t in (True, False))
-    except (RuntimeError, OSError) as exc:
+        arrays = (*as_tensors(train), *as_tensors(test))
+    except DAMAGED_FILE_ERRORS as exc:  # missing, or damaged: torchvision checks little of what it reads
         hint = "set dataset.download=true" if not cfg.download else "check the network"
-        raise UsageError(f"dataset.root={cfg.root}: {cfg.name.value} not found or unreadable ({exc}); "
-                         f"{hint} or point dataset.root at a folder holding it") from None
-    return *as_tensors(train), *as_tensors(test), 10
+        raise UsageError(f"dataset.root={cfg.root}: {cfg.name.value} not found, unreadable or damaged ({short(exc)}); "
+                         f"{hint} or point dataset.root at a folder holding it") from exc
+    return *arrays, 10
 
 
 def _subset(x, y, n, num_classes, balanced, split_name):
@@ -164,8 +169,21 @@ def load_dataset(cfg: DatasetConfig, seed: int) -> Data:
         x_train, x_test = ((x - mean) / std for x in (x_train, x_test))
     labels, relabelled = randomize_labels(y_train, cfg.labels.random_fraction, cfg.labels.random_mode,
                                           num_classes, seed)
+    require_classes(labels, num_classes, f"dataset.n_train={cfg.n_train}", "training")
+    require_classes(y_test, num_classes, f"dataset.n_test={cfg.n_test}", "test")
     return Data(Split(x_train.contiguous(), labels), Split(x_test.contiguous(), y_test), num_classes,
                 relabelled, y_train)
+
+
+def require_classes(labels: torch.Tensor, num_classes: int, setting: str, split: str) -> None:
+    """Degenerate data is an error, not a number: with a class absent (or alone) in a split, NC1 of that split would
+    report collapse (a 5-sample, 10-class subset gave NC1 = 0)."""
+    counts = torch.bincount(labels, minlength=num_classes)
+    thin = [k for k, count in enumerate(counts.tolist()) if count < MIN_PER_CLASS]
+    if thin:
+        raise UsageError(f"{setting}: the {split} split ({len(labels)} samples) has fewer than {MIN_PER_CLASS} samples "
+                         f"of class(es) {', '.join(map(str, thin))} of {num_classes}; neural-collapse metrics need "
+                         f"{MIN_PER_CLASS} per class: use more samples")
 
 
 def targets(labels: torch.Tensor, num_classes: int, loss: str) -> torch.Tensor:

@@ -23,16 +23,17 @@ record of its overrides in .hydra/overrides.yaml; `dnc analyze` writes its table
 from __future__ import annotations
 
 import contextlib
+import filecmp
 import json
 import os
 import tempfile
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from dnc_cli.config import NC1_FORMS, ModelName, TrainConfig, to_object
 from dnc_cli.devices import job_gpu
-from dnc_cli.errors import UsageError
+from dnc_cli.errors import UsageError, need, reading
 
 CONFIG_FILE = "config_resolved.yaml"
 SUMMARY_FILE = "summary.json"
@@ -47,6 +48,7 @@ REPORT_FILE = "report.md"
 MULTIRUN_FILE = "multirun.yaml"
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
 MEASURE_COMMAND = "measure"  # summary.json's "command" in a folder `dnc measure` wrote (it is no training run)
+RUN_DEFINING_KEYS = ("seed", "dataset", "model")  # a config_resolved.yaml without them does not describe a run
 
 
 # ---------------------------------------------------------------------------------------------------- resolvers
@@ -59,7 +61,19 @@ def resume_here() -> str | None:
     if not HydraConfig.initialized() or OmegaConf.is_missing(HydraConfig.get().runtime, "output_dir"):
         return None  # composing, before the job's folder is known
     folder = Path(HydraConfig.get().runtime.output_dir)
-    return str(folder) if (folder / CHECKPOINTS_DIR / LAST_CHECKPOINT).is_file() else None
+    return str(folder) if holds_run(folder) else None
+
+
+def holds_run(folder: Path) -> bool:
+    """Whether `folder` holds a run that can be resumed (its checkpoints/last.pt)."""
+    return (Path(folder) / CHECKPOINTS_DIR / LAST_CHECKPOINT).is_file()
+
+
+def hydra_record_dir() -> str | None:
+    """`hydra.output_subdir` of `dnc train`: Hydra's record of the job (.hydra/) for a new run only. A run being
+    resumed keeps the record of how it was started: the sweep tables read its overrides, and a refused resume (a
+    sweep job launched again with other settings) must leave the folder as it was."""
+    return None if resume_here() is not None else ".hydra"
 
 
 # Registered here because every command imports this module, and so does every sweep job that a launcher (joblib,
@@ -68,6 +82,7 @@ def resume_here() -> str | None:
 OmegaConf.register_new_resolver("dnc_run_dir", lambda resume, fresh: resume or fresh, replace=True)
 OmegaConf.register_new_resolver("dnc_job_gpu", job_gpu, replace=True)
 OmegaConf.register_new_resolver("dnc_resume", resume_here, replace=True)
+OmegaConf.register_new_resolver("dnc_hydra_record_dir", hydra_record_dir, replace=True)
 RESUME_IN_SWEEPS = "resume=${dnc_resume:}"
 
 
@@ -99,20 +114,61 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+class Staging:
+    """Files written under temporary names next to their targets (see `staged_files`)."""
+
+    def __init__(self):
+        self.staged: list[tuple[Path, Path]] = []  # (temporary, target)
+
+    def __call__(self, path: Path) -> Path:
+        """A temporary file to write in place of `path`."""
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        except OSError as exc:
+            raise UsageError(f"cannot write {path} ({exc.strerror or exc})") from exc
+        os.close(fd)
+        self.staged.append((Path(tmp), path))
+        return Path(tmp)
+
+    def commit(self) -> None:
+        for tmp, path in self.staged:
+            if path.is_file() and filecmp.cmp(tmp, path, shallow=False):
+                tmp.unlink()  # unchanged: the target keeps its bytes and its time
+                continue
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the file the permissions open() would
+            os.replace(tmp, path)
+
+    def discard(self) -> None:
+        for tmp, _ in self.staged:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+@contextlib.contextmanager
+def staged_files():
+    """`with staged_files() as stage:` write each file to `stage(path)`; when the block ends, every file is renamed
+    over its target together. Readers never see half a file, and a failure inside the block (a read-only folder, a
+    full disk, an interruption) leaves every target as it was: no half-written figure set, no table without its
+    Parquet twin. A staged file identical to its target is dropped, so a rerun with nothing new changes nothing."""
+    staging = Staging()
+    try:
+        yield staging
+        staging.commit()
+    except OSError as exc:
+        target = next((path for tmp, path in staging.staged if str(tmp) == exc.filename), None)
+        where = target or (staging.staged[-1][1] if staging.staged else exc.filename)
+        raise UsageError(f"cannot write {where} ({exc.strerror or exc})") from exc
+    finally:
+        staging.discard()
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path):
-    """Yield a temporary path next to `path`; on success rename it over `path` (readers never see half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the file the permissions open() would
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Yield a temporary path next to `path`; on success rename it over `path` (`staged_files` for one file)."""
+    with staged_files() as stage:
+        yield stage(path)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -125,7 +181,21 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
+    """A JSON object written by dnc (summary.json, settings.json); UsageError naming the file when it is not one."""
+    with reading(path):
+        data = json.loads(Path(path).read_text())
+    need(isinstance(data, dict), path, f"a JSON object expected, found {type(data).__name__}")
+    return data
+
+
+def append_line(path: Path, line: str) -> None:
+    """One row more of a log (train_log.csv, rfm_log.csv); UsageError naming the file when it cannot be written.
+    A row half-written by an interruption is dropped on resume (`truncate_log`)."""
+    try:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+    except OSError as exc:
+        raise UsageError(f"cannot write {path} ({exc.strerror or exc})") from exc
 
 
 def save_atomic(obj, path: Path) -> None:
@@ -140,20 +210,56 @@ def truncate_log(path: Path, last_epoch: int) -> None:
     """Drop log rows written after the resume state (an interruption between log append and last.pt)."""
     if not path.exists():
         return
-    lines = path.read_text().splitlines(keepends=True)
-    kept = [lines[0]] + [ln for ln in lines[1:] if int(ln.split(",", 1)[0]) <= last_epoch]
-    write_text(path, "".join(kept))
+    with reading(path):
+        header, *rows = path.read_text().splitlines()
+        # a row cut short by an interruption has fewer fields: it goes too
+        kept = [row for row in rows if row.count(",") == header.count(",") and int(row.split(",", 1)[0]) <= last_epoch]
+    write_text(path, "\n".join([header, *kept]) + "\n")
 
 
 def read_run_config(run_dir: Path) -> TrainConfig:
-    """The TrainConfig a run was trained with (analyze rebuilds its model and data from it)."""
-    return to_object(OmegaConf.load(Path(run_dir) / CONFIG_FILE), TrainConfig)
+    """The TrainConfig a run was trained with (analyze rebuilds its model and data from it); UsageError naming
+    config_resolved.yaml when it is missing, not YAML (or hostile: OmegaConf's loader is yaml's safe one), lacks
+    what defines the run, or holds values the schema refuses."""
+    path = Path(run_dir) / CONFIG_FILE
+    with reading(path):
+        loaded = OmegaConf.load(path)
+        need(isinstance(loaded, DictConfig), path, "a YAML mapping expected")
+        missing = [key for key in RUN_DEFINING_KEYS if key not in loaded]
+        need(not missing, path, f"no {', '.join(missing)}")
+        return to_object(loaded, TrainConfig)
 
 
 def read_summary(run_dir: Path) -> dict:
     """<run_dir>/summary.json, or {} for a run that has none (yet)."""
     path = Path(run_dir) / SUMMARY_FILE
-    return read_json(path) if path.is_file() else {}
+    return read_json(path) if path.exists() else {}
+
+
+def load_tensors(path: Path, device=None, keys: tuple[str, ...] = ()) -> dict:
+    """A .pt file dnc wrote (a checkpoint, labels.pt), loaded with weights_only=True (no code in it can run);
+    UsageError naming the file when it is missing, truncated, hostile, or not a dict holding `keys`."""
+    import torch
+
+    with reading(path):
+        data = torch.load(path, map_location=device, weights_only=True)
+    need(isinstance(data, dict), path, f"a dict of tensors expected, found {type(data).__name__}")
+    missing = [key for key in keys if key not in data]
+    need(not missing, path, f"no {', '.join(missing)} entry")
+    return data
+
+
+def read_train_labels(run_dir: Path, num_classes: int, num_samples: int):
+    """The labels a run trained on (<run>/labels.pt: random labels included), checked against the training split's
+    size and classes."""
+    import torch
+
+    path = Path(run_dir) / LABELS_FILE
+    labels = load_tensors(path, "cpu", ("train_labels",))["train_labels"]
+    need(isinstance(labels, torch.Tensor) and labels.dtype == torch.int64 and labels.shape == (num_samples,), path,
+         f"train_labels must be {num_samples} int64 labels, as the run's training split")
+    need(bool(((labels >= 0) & (labels < num_classes)).all()), path, f"train_labels outside 0..{num_classes - 1}")
+    return labels
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoints
@@ -167,6 +273,21 @@ def checkpoint_path(run_dir: Path, epoch: int) -> Path:
 
 def checkpoint_epochs(run_dir: Path) -> list[int]:
     return sorted(int(p.stem.split("_")[1]) for p in (Path(run_dir) / CHECKPOINTS_DIR).glob("epoch_*.pt"))
+
+
+def analysable_epochs(run_dir: Path, wanted: list[int] | None = None) -> list[int]:
+    """The checkpoint epochs of a run to analyse (all, or those of `wanted`); UsageError when there are none."""
+    available = checkpoint_epochs(run_dir)
+    if not available:
+        raise UsageError(f"{Path(run_dir) / CHECKPOINTS_DIR} holds no checkpoint (epoch_NNNNNN.pt): nothing to "
+                         "analyse; train the run first (dnc train)")
+    if wanted is None:
+        return available
+    chosen = [epoch for epoch in available if epoch in wanted]
+    if not chosen:
+        raise UsageError(f"epochs={list(wanted)}: {run_dir} has no such checkpoint; it has epochs "
+                         f"{', '.join(map(str, available))}")
+    return chosen
 
 
 def gram_file_name(epoch: int, split: str) -> str:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from dnc_cli.errors import UsageError
-from dnc_cli.runs import ANALYSIS_DIR, TRAIN_LOG_FILE, atomic_path, read_json
+from dnc_cli.errors import UsageError, need, reading
+from dnc_cli.runs import ANALYSIS_DIR, TRAIN_LOG_FILE, read_json, staged_files
 
 COLUMNS = ["epoch", "split", "layer", "stage", "metric", "value"]
 KEY_COLUMNS = COLUMNS[:5]  # a row's identity: no two rows share them
@@ -44,15 +44,27 @@ def nfa_metric(form: str, power: float) -> str:
 # ---------------------------------------------------------------------------------------------------- reading
 def read_metrics(path: Path) -> pd.DataFrame:
     """A metrics table with its types: str split/stage/metric ('' kept, not NaN), int epoch/layer, float value
-    (an empty or unparsable value is NaN)."""
-    df = pd.read_csv(path, dtype={"stage": str, "split": str, "metric": str}, keep_default_na=False)
+    (an empty value is NaN). Validated once, here, for every reader (analyze resuming, plot, report, sweeps): a
+    table with a row of the wrong shape or type, or a row twice, is refused with the line it is on, so that nothing
+    downstream reads a damaged table or makes it worse."""
+    hint = f"recompute it with `dnc analyze run_dir={Path(path).parent.parent} force=true`"
+    with reading(path, hint):
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
     missing = [c for c in COLUMNS if c not in df.columns]
-    if missing:
-        raise UsageError(f"{path} lacks column(s) {', '.join(missing)}; rerun `dnc analyze force=true`")
+    need(not missing, path, f"no column(s) {', '.join(missing)}", hint)
     df = df[COLUMNS].copy()
-    df["value"] = pd.to_numeric(df["value"], errors="coerce")
-    df["epoch"] = df["epoch"].astype(int)
-    df["layer"] = df["layer"].astype(int)
+    epoch, layer = (pd.to_numeric(df[c], errors="coerce") for c in ("epoch", "layer"))
+    value = pd.to_numeric(df["value"].replace("", "nan"), errors="coerce")
+    bad = (epoch.isna() | (epoch % 1 != 0) | layer.isna() | (layer % 1 != 0) | (df["split"] == "")
+           | (df["metric"] == "") | (value.isna() & ~df["value"].str.lower().isin(["", "nan"])))
+    if bad.any():
+        row = int(bad.to_numpy().argmax())  # the first bad row; line 1 is the header
+        need(False, path, f"line {row + 2} is not epoch,split,layer,stage,metric,value with an integer epoch and "
+             f"layer and a numeric value: {','.join(df.iloc[row])!r}"[:300], hint)
+    df["epoch"], df["layer"], df["value"] = epoch.astype(int), layer.astype(int), value.astype(float)
+    repeated = df.duplicated(KEY_COLUMNS)
+    need(not repeated.any(), path, f"line {int(repeated.to_numpy().argmax()) + 2} repeats a row's "
+         f"{', '.join(KEY_COLUMNS)}", hint)
     return df
 
 
@@ -70,30 +82,45 @@ def read_run_metrics(run_dir: Path) -> pd.DataFrame:
 
 
 def read_train_log(run_dir: Path) -> pd.DataFrame | None:
-    """A network run's train_log.csv (None without one, or without rows)."""
+    """A network run's train_log.csv (None without one, or without rows); UsageError when it is damaged."""
     path = Path(run_dir) / TRAIN_LOG_FILE
     if not path.is_file():
         return None
-    train_log = pd.read_csv(path)
-    return train_log if len(train_log) and "epoch" in train_log.columns else None
+    with reading(path):
+        train_log = pd.read_csv(path)
+    if not len(train_log) or "epoch" not in train_log.columns:
+        return None
+    numeric = train_log.apply(pd.to_numeric, errors="coerce")
+    need(not (numeric.isna() & train_log.notna()).any().any(), path, "a value that is not a number")
+    need(bool((numeric["epoch"] % 1 == 0).all()), path, "an epoch that is not an integer")
+    return numeric.astype({"epoch": int})
 
 
 # ---------------------------------------------------------------------------------------------------- writing
 def write_csv(path: Path, df: pd.DataFrame) -> None:
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False, float_format=CSV_FLOAT_FORMAT)
+    """A table as dnc writes every CSV; `path` is a temporary file of `staged_files` (dnc_cli/runs.py)."""
+    df.to_csv(path, index=False, float_format=CSV_FLOAT_FORMAT)
+
+
+def as_written(values: pd.Series) -> pd.Series:
+    """Values rounded to the CSV's 10 significant digits: the Parquet twin holds the same numbers, and a table
+    resumed from the CSV equals one written in a single go, in both files."""
+    return values.map(lambda v: float(CSV_FLOAT_FORMAT % v))
 
 
 def save_table(path: Path, rows: list[dict]) -> pd.DataFrame:
-    """metrics.csv (and metrics.parquet with pyarrow) from row dicts, sorted by the key columns; returns the table."""
+    """metrics.csv (and metrics.parquet with pyarrow) from row dicts, sorted by the key columns, written together
+    (dnc_cli/runs.py `staged_files`); returns the table."""
     df = pd.DataFrame(rows, columns=COLUMNS).sort_values(KEY_COLUMNS, kind="stable", ignore_index=True)
-    write_csv(path, df)
+    df["value"] = as_written(df["value"].astype(float))
     try:
         import pyarrow  # noqa: F401
     except ImportError:
-        return df
-    with atomic_path(path.with_suffix(".parquet")) as tmp:
-        df.to_parquet(tmp, index=False)
+        pyarrow = None
+    with staged_files() as stage:
+        write_csv(stage(path), df)
+        if pyarrow is not None:
+            df.to_parquet(stage(path.with_suffix(".parquet")), index=False)
     return df
 
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+import time
+
 import pandas as pd
 import pytest
 import torch
-from conftest import assert_usage_error, run_cli
+from conftest import TINY, assert_usage_error, run_cli, train_config
 
 from dnc_cli.config import ModelConfig
 from dnc_cli.models.networks import build_model
@@ -41,3 +46,37 @@ def test_bad_input(tmp_path, tiny_run):
     result = run_cli("analyze", f"run_dir={tiny_run}", "families=[nc]", cwd=tmp_path)
     assert_usage_error(result, "epoch_000008.pt", "does not match")
     assert (tiny_run / "analysis/metrics.csv").read_bytes() == table
+
+
+@pytest.mark.slow
+def test_analysis_killed_mid_run_resumes_to_identical_tables(tmp_path):
+    """kill -9 during `dnc analyze`, then the same command again: every table (CSV and Parquet), settings.json,
+    nc_table.md and the Gram sample equal those of an analysis that was never interrupted."""
+    import numpy as np
+
+    from dnc_cli.train.command import run
+
+    run(train_config(TINY + ["epochs=20", "checkpoints.schedule=every", "checkpoints.every=2"]), tmp_path / "killed")
+    shutil.copytree(tmp_path / "killed", tmp_path / "whole")
+    assert run_cli("analyze", f"run_dir={tmp_path / 'whole'}", cwd=tmp_path).returncode == 0
+
+    table = tmp_path / "killed/analysis/metrics.csv"
+    process = subprocess.Popen([sys.executable, "-m", "dnc_cli", "analyze", f"run_dir={tmp_path / 'killed'}"],
+                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not table.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.kill()  # SIGKILL: no handler runs, no file is closed cleanly
+    process.wait()
+    killed_at = sorted(set(pd.read_csv(table).epoch))
+    assert killed_at and killed_at != list(range(0, 21, 2)), killed_at  # it did stop part-way
+    result = run_cli("analyze", f"run_dir={tmp_path / 'killed'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+
+    whole, resumed = tmp_path / "whole/analysis", tmp_path / "killed/analysis"
+    assert sorted(p.name for p in whole.iterdir()) == sorted(p.name for p in resumed.iterdir())
+    for name in ("metrics.csv", "metrics.parquet", "settings.json", "nc_table.md"):
+        assert (whole / name).read_bytes() == (resumed / name).read_bytes(), name
+    gram = "gram_epoch_000020_train.npz"
+    with np.load(whole / gram) as a, np.load(resumed / gram) as b:
+        assert a.files == b.files and all(np.array_equal(a[key], b[key]) for key in a.files)

@@ -29,7 +29,7 @@ def test_written_table_reads_back_typed_and_sorted(tmp_path):
 
 def test_missing_columns_and_missing_analysis_are_usage_errors(tmp_path):
     (tmp_path / "metrics.csv").write_text("epoch,split,value\n0,train,1\n")
-    with pytest.raises(UsageError, match="lacks column.*layer, stage, metric"):
+    with pytest.raises(UsageError, match="no column.*layer, stage, metric.*force=true"):
         read_metrics(tmp_path / "metrics.csv")
     with pytest.raises(UsageError, match="no analysis in .*dnc analyze"):
         read_run_metrics(tmp_path)

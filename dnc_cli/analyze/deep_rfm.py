@@ -15,9 +15,21 @@ import torch
 
 from dnc_cli.config import AnalyzeConfig, TrainConfig
 from dnc_cli.data import load_dataset
+from dnc_cli.errors import reading
 from dnc_cli.metrics.collapse import nc_of
 from dnc_cli.models.deep_rfm import RFMLayer, deep_rfm_representations
-from dnc_cli.runs import ANALYSIS_DIR, LABELS_FILE, atomic_path, checkpoint_path, gram_file_name, write_json, write_text
+from dnc_cli.runs import (
+    ANALYSIS_DIR,
+    LABELS_FILE,
+    analysable_epochs,
+    atomic_path,
+    checkpoint_path,
+    gram_file_name,
+    load_tensors,
+    read_train_labels,
+    write_json,
+    write_text,
+)
 from dnc_cli.tables import (
     COLUMNS,
     METRICS_FILE,
@@ -40,15 +52,13 @@ def analyze_run(run_dir: Path, cfg: TrainConfig, acfg: AnalyzeConfig, device: to
                     acfg.precision.value)
     if (out_dir / METRICS_FILE).exists() and not acfg.force:
         return []
-    path = checkpoint_path(run_dir, 0)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        layers = [RFMLayer.from_dict(record) for record in state["rfm_layers"]]
-    except Exception as exc:
-        return [f"{path}: unreadable Deep RFM checkpoint ({type(exc).__name__}); skipped"]
+    (epoch,) = analysable_epochs(run_dir, [0])  # a Deep RFM run has one checkpoint: every layer, at "epoch" 0
+    path = checkpoint_path(run_dir, epoch)
+    with reading(path):
+        layers = [RFMLayer.from_dict(record) for record in load_tensors(path, "cpu", ("rfm_layers",))["rfm_layers"]]
     data = load_dataset(cfg.dataset, cfg.seed)
     if (run_dir / LABELS_FILE).exists():
-        data.train.labels = torch.load(run_dir / LABELS_FILE, weights_only=True)["train_labels"]
+        data.train.labels = read_train_labels(run_dir, data.num_classes, len(data.train.labels))
     options = {"global_mean": acfg.nc1.global_mean.value, "official_scaling": acfg.nc1.official_scaling}
     rows, gram = [], {}
     for split in acfg.splits:

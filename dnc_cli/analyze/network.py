@@ -25,11 +25,13 @@ from dnc_cli.models.networks import build_model
 from dnc_cli.runs import (
     ANALYSIS_DIR,
     LABELS_FILE,
+    analysable_epochs,
     atomic_path,
-    checkpoint_epochs,
     checkpoint_path,
     gram_file_name,
+    load_tensors,
     read_summary,
+    read_train_labels,
     write_json,
     write_text,
 )
@@ -49,21 +51,21 @@ log = logging.getLogger("dnc.analyze")
 
 
 # ---------------------------------------------------------------------------------------------------- a batch
-def representations(trace, svd: bool, stage_maps: list[torch.Tensor] | None = None,
-                    ) -> dict[tuple[int, str], torch.Tensor]:
+def representations(trace, svd: bool, right_maps: list[torch.Tensor] | None = None,
+                    agop_roots: list[torch.Tensor] | None = None) -> dict[tuple[int, str], torch.Tensor]:
     """The batch's distinct representations keyed by (layer, stage). Stage "" is the layer's own h_l; the SVD
     stages of layer l (PAPER.md, SVD-decomposed NC1) are `left` = W_l h_{l-1} (+ bias: the pre-activation) and,
-    given `stage_maps` (per layer the matrix [V S | AGOP_l^½], so that one GEMM gives both), `right` = S Vᵀ h_{l-1}
-    and `agop` = AGOP_l^½ h_{l-1}; `input` and `activation` are the layers' h_{l-1} and h_l (see ALIASES)."""
+    given the maps, `right` = S Vᵀ h_{l-1} and `agop` = AGOP_l^½ h_{l-1}; `input` and `activation` are the layers'
+    h_{l-1} and h_l (see ALIASES). The `agop` stage is formed in float64 whatever the features' dtype: Σ_B^† weighs
+    the directions of AGOP's small eigenvalues fully, and a float32 product rounds them away (LayerAGOPs)."""
     reps = {(0, ""): trace.inputs[0].detach()}
     for l, (h_in, pre, out) in enumerate(zip(trace.inputs, trace.preacts, trace.outputs), start=1):
         reps[(l, "")] = out.detach()
         if svd:
             reps[(l, "left")] = pre.detach()
-        if stage_maps is not None:
-            both = h_in.detach() @ stage_maps[l - 1]
-            width = h_in.shape[1]  # AGOP^½ h keeps h's width; S Vᵀ h has min(m_l, m_{l-1})
-            reps[(l, "right")], reps[(l, "agop")] = both.split([both.shape[1] - width, width], dim=1)
+        if right_maps is not None:
+            reps[(l, "right")] = h_in.detach() @ right_maps[l - 1].T
+            reps[(l, "agop")] = h_in.detach().double() @ agop_roots[l - 1]
     return reps
 
 
@@ -73,10 +75,9 @@ def aliases(num_layers: int) -> dict[tuple[int, str], tuple[int, str]]:
 
 
 # ---------------------------------------------------------------------------------------------------- a checkpoint
-def analyze_checkpoint(model, data, acfg: AnalyzeConfig, device, unresolved: list[int] | None = None,
+def analyze_checkpoint(model, data, acfg: AnalyzeConfig, device,
                        initial_weights: list[torch.Tensor] | None = None) -> list[tuple]:
-    """All rows (split, layer, stage, metric, value) for one checkpoint's model. `unresolved`, when given, receives
-    the layers whose `agop`-stage nc1 is set by rounding (README, "Precision"). `initial_weights`: the layers' W₀
+    """All rows (split, layer, stage, metric, value) for one checkpoint's model. `initial_weights`: the layers' W₀
     (epoch 0), for the NFA forms that remove the initialisation."""
     model.eval()
     families = set(acfg.families)
@@ -91,7 +92,7 @@ def analyze_checkpoint(model, data, acfg: AnalyzeConfig, device, unresolved: lis
         for layer in model.layers:
             _, s, vh = torch.linalg.svd(layer.weight.detach(), full_matrices=False)
             right_maps.append(s[:, None] * vh)
-    agop_powers = agop_roots = stage_maps = train_agops = None
+    agop_powers = agop_roots = train_agops = None
 
     for split in ("train", "test"):
         if split not in acfg.splits and not (split == "train" and want_agop):
@@ -116,17 +117,10 @@ def analyze_checkpoint(model, data, acfg: AnalyzeConfig, device, unresolved: lis
         if with_agop:
             train_agops, agops = layer_agops, layer_agops.compute()
             eighs = [psd_eigh(a) for a in agops]  # one decomposition per AGOP serves every power
-            if want_svd and unresolved is not None and x.dtype != torch.float64:
-                # Σ_B^† of the agop stage needs K-1 directions; an AGOP resolving fewer at the gradients'
-                # precision lets rounding supply the rest (float64's rounding stays below Σ_B^†'s cut-off)
-                eps = torch.finfo(x.dtype).eps
-                unresolved += [l for l, (values, _) in enumerate(eighs, start=1)
-                               if int((values > eps * values.max()).sum()) < num_classes - 1]
             powers = set(acfg.nfa.powers if "nfa" in families else []) | ({0.5} if want_svd else set())
             agop_powers = {p: [psd_power(a, p, e) for a, e in zip(agops, eighs)] for p in sorted(powers)}
             if want_svd:
                 agop_roots = agop_powers[0.5]
-                stage_maps = [torch.cat([r.T, a.to(r.dtype)], 1) for r, a in zip(right_maps, agop_roots)]
         if split not in acfg.splits:
             continue
         if want_svd:
@@ -140,7 +134,7 @@ def analyze_checkpoint(model, data, acfg: AnalyzeConfig, device, unresolved: lis
             with torch.no_grad():
                 h0 = model.embed(xb)
                 trace = model.trace(h0)
-                reps = representations(trace, want_svd, stage_maps)
+                reps = representations(trace, want_svd, right_maps, agop_roots)
                 reps.update({(0, name): f for name, f in (model.backbone_stages(xb) if want_nc else [])})
                 predictions = trace.logits.argmax(1)
             for key, features in reps.items():
@@ -240,8 +234,20 @@ def write_nc_table(path: Path, df, status: str) -> None:
     write_text(path, text)
 
 
+def load_weights(model, path: Path, device) -> None:
+    """A checkpoint's weights into `model`; UsageError naming the file when it cannot be read or does not fit."""
+    state = load_tensors(path, device, ("model",))["model"]
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        # torch's first line only says "Error(s) in loading state_dict"; the next names the mismatch
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise UsageError(f"{path} does not match the run's model ({(lines[1:] or lines or [''])[0][:200]})") from exc
+
+
 def analyze_run(run_dir: Path, cfg: TrainConfig, acfg: AnalyzeConfig, device: torch.device) -> list[str]:
-    """Analyse every checkpoint of one run not analysed yet; returns the problems met (bad checkpoints)."""
+    """Analyse every checkpoint of one run not analysed yet; returns the problems met (checkpoints that cannot be
+    read are skipped and listed, the others analysed)."""
     status = read_summary(run_dir).get("status", "unknown")
     out_dir = run_dir / ANALYSIS_DIR
     settings = check_settings(out_dir, acfg, precision=True)
@@ -249,21 +255,20 @@ def analyze_run(run_dir: Path, cfg: TrainConfig, acfg: AnalyzeConfig, device: to
     old = read_metrics(table) if table.exists() and not acfg.force else None
     rows = [] if old is None else old.to_dict("records")
     done = set() if old is None else set(old.epoch)
-    epochs = [e for e in checkpoint_epochs(run_dir) if e not in done and (acfg.epochs is None or e in acfg.epochs)]
+    epochs = [e for e in analysable_epochs(run_dir, acfg.epochs) if e not in done]
     if status != "done":
         log.warning("%s: run is %s; analysing its checkpoints so far", run_dir, status)
     data = load_dataset(cfg.dataset, cfg.seed)
     if (run_dir / LABELS_FILE).exists():  # the labels actually trained on (random labels included)
-        data.train.labels = torch.load(run_dir / LABELS_FILE, weights_only=True)["train_labels"]
+        data.train.labels = read_train_labels(run_dir, data.num_classes, len(data.train.labels))
     dtype = getattr(torch, acfg.precision.value)
     data = data.to(device, dtype)
     model = build_model(cfg.model, data.input_shape, data.num_classes).to(device, dtype)
-    problems, unresolved = [], {}  # unresolved: epoch -> layers whose agop-stage nc1 float32 cannot resolve
-    initial_weights = None
+    problems, analysed, initial_weights = [], [], None
     if "nfa" in acfg.families and set(acfg.nfa.forms) - {"standard"}:
         first = checkpoint_path(run_dir, 0)
         if first.exists():
-            model.load_state_dict(torch.load(first, map_location=device, weights_only=True)["model"])
+            load_weights(model, first, device)
             initial_weights = [layer.weight.detach().clone() for layer in model.layers]
         else:
             log.warning("%s: no epoch-0 checkpoint, so no W0: NFA forms %s skipped", run_dir,
@@ -274,34 +279,26 @@ def analyze_run(run_dir: Path, cfg: TrainConfig, acfg: AnalyzeConfig, device: to
                       disable=not (acfg.progress and sys.stderr.isatty())):
         path = checkpoint_path(run_dir, epoch)
         try:
-            state = torch.load(path, map_location=device, weights_only=True)["model"]
-        except Exception as exc:  # truncated or corrupt file: report it, analyse the rest
-            problems.append(f"{path}: unreadable checkpoint ({type(exc).__name__}); skipped")
+            load_weights(model, path, device)
+        except UsageError as exc:  # one damaged checkpoint of a long run: report it, analyse the rest
+            problems.append(f"{exc}; skipped")
             log.error(problems[-1])
             continue
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            raise UsageError(f"{path} does not match the run's model ({str(exc).splitlines()[0]})") from None
-        layers = unresolved.setdefault(epoch, [])
-        rows += [dict(zip(COLUMNS, (epoch, *row))) for row in analyze_checkpoint(model, data, acfg, device, layers,
+        rows += [dict(zip(COLUMNS, (epoch, *row))) for row in analyze_checkpoint(model, data, acfg, device,
                                                                                initial_weights)]
-        df = save_table(table, rows)  # after every checkpoint: an interrupted analysis resumes from here
+        save_table(table, rows)  # after every checkpoint: an interrupted analysis resumes from here
         write_json(out_dir / SETTINGS_FILE, settings)
+        analysed.append(epoch)
         log.info("%s epoch %d analysed", run_dir.name, epoch)
-    unresolved = {epoch: layers for epoch, layers in unresolved.items() if layers}
-    if unresolved:
-        log.warning("%s: at epoch(s) %s the AGOPs of layer(s) %s have fewer than K-1 eigenvalues above "
-                    "eps*lambda_max in float32, so their agop-stage nc1 (the Sigma_B^+ form; nc1_trace is fine) is set "
-                    "by rounding: precision=float64 force=true resolves it (README, Precision)", run_dir,
-                    ", ".join(map(str, unresolved)), ", ".join(map(str, sorted(set().union(*unresolved.values())))))
-    if rows:
-        df = save_table(table, rows)
-        write_nc_table(out_dir / NC_TABLE_FILE, df, status)
-        final = int(df.epoch.max())
-        gram = out_dir / gram_file_name(final, "train")
-        if acfg.gram_samples_per_class > 0 and (epochs or not gram.exists()):
-            model.load_state_dict(torch.load(checkpoint_path(run_dir, final), map_location=device,
-                                             weights_only=True)["model"])
-            _save_gram_samples(gram, model.eval(), data, acfg.gram_samples_per_class)
+    if not rows:
+        return problems
+    # every file again, written only where it changed: a rerun after an interruption completes what it left behind
+    df = save_table(table, rows)
+    write_json(out_dir / SETTINGS_FILE, settings)
+    write_nc_table(out_dir / NC_TABLE_FILE, df, status)
+    final = int(df.epoch.max())
+    gram = out_dir / gram_file_name(final, "train")
+    if acfg.gram_samples_per_class > 0 and (analysed or not gram.exists()):
+        load_weights(model, checkpoint_path(run_dir, final), device)
+        _save_gram_samples(gram, model.eval(), data, acfg.gram_samples_per_class)
     return problems

@@ -32,11 +32,13 @@ from pathlib import Path
 import pandas as pd
 
 from dnc_cli.config import RUN_ONLY_KEYS, SEED_KEY
-from dnc_cli.runs import ANALYSIS_DIR, CONFIG_FILE, MULTIRUN_FILE, OVERRIDES_FILE, read_summary, write_text
+from dnc_cli.errors import UsageError, need, reading
+from dnc_cli.runs import ANALYSIS_DIR, CONFIG_FILE, MULTIRUN_FILE, OVERRIDES_FILE, read_summary, staged_files
 from dnc_cli.tables import (
     AGGREGATED_METRICS_TABLE,
     AGGREGATED_TABLE,
     COLUMNS,
+    KEY_COLUMNS,
     RUNS_TABLE,
     SWEEP_METRICS_TABLE,
     SWEEP_TABLE_MD,
@@ -69,7 +71,10 @@ def read_overrides(run_dir: Path) -> dict[str, str]:
     path = Path(run_dir) / OVERRIDES_FILE
     if not path.is_file():
         return {}
-    items = yaml.safe_load(path.read_text()) or []
+    with reading(path):
+        items = yaml.safe_load(path.read_text()) or []
+        need(isinstance(items, list) and all(isinstance(line, str) for line in items), path,
+             "a YAML list of overrides expected")
     return dict(kv for kv in (parse_override(line) for line in items) if kv is not None)
 
 
@@ -80,12 +85,10 @@ def _multirun_overrides(sweep_dir: Path) -> list[str] | None:
     path = Path(sweep_dir) / MULTIRUN_FILE
     if not path.is_file():
         return None
-    try:
+    with reading(path):
         hydra = (yaml.safe_load(path.read_text()) or {}).get("hydra", {})
-    except yaml.YAMLError:
-        return None
-    params = (hydra.get("sweeper") or {}).get("params") or {}
-    return [f"{k}={v}" for k, v in params.items()] + list((hydra.get("overrides") or {}).get("task") or [])
+        params = (hydra.get("sweeper") or {}).get("params") or {}
+        return [f"{k}={v}" for k, v in params.items()] + list((hydra.get("overrides") or {}).get("task") or [])
 
 
 def expected_jobs(sweep_dir: Path) -> list[dict[str, str]] | None:
@@ -140,7 +143,8 @@ def _value_from_config(run_dir: Path, key: str):
         return None
     from omegaconf import DictConfig, OmegaConf
 
-    value = OmegaConf.select(OmegaConf.load(path), key, default=None)
+    with reading(path):
+        value = OmegaConf.select(OmegaConf.load(path), key, default=None)
     if isinstance(value, DictConfig):
         value = value.get("name")
     return value
@@ -208,15 +212,17 @@ def collect(sweep_dir: Path, runs: list[Path], errors: dict[Path, str] | None = 
 
     rows, tables = [], []
     for run_dir, swept in zip(folders, values):
-        summary = read_summary(run_dir)
+        try:
+            summary, metrics, damaged = read_summary(run_dir), _read_run_metrics(run_dir), None
+        except UsageError as exc:  # one run's damaged file is that run's problem, not the sweep's
+            summary, metrics, damaged = {}, None, str(exc)
         status = summary.get("status", "unknown" if run_dir in runs else "not started")
         row = {"run": run_dir.relative_to(sweep_dir).as_posix(), **swept, "status": status,
                "tpt_epoch": summary.get("tpt_epoch"), "epochs_done": summary.get("epochs_done")}
         row |= {k: (summary.get("final") or {}).get(k) for k in FINAL_COLUMNS}
-        metrics = _read_run_metrics(run_dir)
         row |= final_nc(metrics)
-        problems = [summary.get("error"), errors.get(run_dir)]
-        if run_dir in runs and metrics is None:
+        problems = [summary.get("error"), errors.get(run_dir), damaged]
+        if run_dir in runs and metrics is None and damaged is None:
             problems.append("no analysis/metrics.csv")
         row["problem"] = "; ".join(p for p in problems if p)
         rows.append(row)
@@ -275,7 +281,7 @@ def aggregate_runs(runs_df, keys: list[str]):
 def aggregate_metrics(metrics, keys: list[str]):
     """Mean, std (ddof 1) and n over seeds of every tidy row, per combination; n_runs = runs in the combination."""
     by = group_keys(keys)
-    columns = [*by, "epoch", "split", "layer", "stage", "metric"]
+    columns = [*by, *KEY_COLUMNS]
     if metrics.empty:
         return pd.DataFrame(columns=[*columns, "mean", "std", "n", "n_runs"])
     table = _groupby(metrics, columns)["value"].agg(mean="mean", std="std", n="count").reset_index()
@@ -323,11 +329,12 @@ def write_sweep_tables(sweep_dir: Path, runs: list[Path], errors: dict[Path, str
     runs_df, metrics, keys = collect(sweep_dir, runs, errors)
     out = sweep_dir / ANALYSIS_DIR
     aggregated = aggregate_runs(runs_df, keys)
-    write_csv(out / RUNS_TABLE, runs_df)
-    write_csv(out / SWEEP_METRICS_TABLE, metrics)
-    write_csv(out / AGGREGATED_TABLE, aggregated)
-    write_csv(out / AGGREGATED_METRICS_TABLE, aggregate_metrics(metrics, keys))
-    write_text(out / SWEEP_TABLE_MD, _markdown(runs_df, aggregated, keys))
+    tables = {RUNS_TABLE: runs_df, SWEEP_METRICS_TABLE: metrics, AGGREGATED_TABLE: aggregated,
+              AGGREGATED_METRICS_TABLE: aggregate_metrics(metrics, keys)}
+    with staged_files() as stage:  # all five files or none
+        for name, table in tables.items():
+            write_csv(stage(out / name), table)
+        stage(out / SWEEP_TABLE_MD).write_text(_markdown(runs_df, aggregated, keys))
     not_done = runs_df[(runs_df["status"] != "done") | (runs_df["problem"].fillna("") != "")]
     return {"dir": out, "keys": keys, "runs": len(runs_df), "done": int((runs_df["status"] == "done").sum()),
             "not_done": [f"{r['run'] or '(no folder)'}: {r['status']}" + (f" ({r['problem']})" if r["problem"] else "")

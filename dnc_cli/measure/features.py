@@ -15,14 +15,13 @@ to decompose and no AGOP.
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from dnc_cli.errors import UsageError
+from dnc_cli.errors import UsageError, need, reading
 from dnc_cli.measure.api import Measured, as_table
 from dnc_cli.measure.inputs import TRAIN_SPLIT, check_labels
 from dnc_cli.measure.layers import LayerInfo
@@ -92,23 +91,15 @@ def load_embeddings(path) -> Embeddings:
 
 
 def _read(path: Path, where: str) -> dict:
-    try:
+    with reading(path):  # missing, truncated, corrupt or hostile: one line naming the file (dnc_cli/errors.py)
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as npz:
                 return {key: npz[key] for key in npz.files}
         if path.suffix == ".pt":
             data = torch.load(path, map_location="cpu", weights_only=True)
-            if not isinstance(data, dict):
-                raise UsageError(f"{where} holds a {type(data).__name__}, not a dict of arrays")
+            need(isinstance(data, dict), path, f"a dict of arrays expected, found {type(data).__name__}")
             return dict(data)
         return _read_parquet(path, where)
-    except UsageError:
-        raise
-    except pickle.UnpicklingError:
-        raise UsageError(f"{where} holds objects that torch.load(weights_only=True) refuses: save tensors, numbers, "
-                         "strings and lists only") from None
-    except Exception as exc:  # corrupt file, ...
-        raise UsageError(f"{where} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
 
 
 def _read_parquet(path: Path, where: str) -> dict:

@@ -15,7 +15,7 @@ import logging
 import torch
 from torch import nn
 
-from dnc_cli.errors import UsageError
+from dnc_cli.errors import UsageError, reading
 
 log = logging.getLogger("dnc.measure")
 STATE_KEYS = ("model", "state_dict")  # where a checkpoint file keeps its state_dict (a dnc checkpoint: "model")
@@ -77,11 +77,8 @@ def adapt_first_conv(model: nn.Module, in_channels: int) -> None:
 def load_weights(model: nn.Module, path: str, name: str) -> None:
     """A state_dict (or a dnc checkpoint's "model", or {"state_dict": ...}) loaded with weights_only=True (no pickled
     code runs), strictly: every key and shape must fit the model."""
-    try:
+    with reading(path):  # not a torch file, pickled code (refused by weights_only), truncated, ...
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # not a torch file, pickled code (refused by weights_only), truncated, ...
-        raise UsageError(f"weights={path} cannot be read by torch.load(weights_only=True): not a file of tensors "
-                         f"({type(exc).__name__})") from None
     if isinstance(state, dict):
         for key in STATE_KEYS:
             if isinstance(state.get(key), dict):

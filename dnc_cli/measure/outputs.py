@@ -22,6 +22,7 @@ import torch
 from omegaconf import OmegaConf
 
 from dnc_cli.config import to_plain
+from dnc_cli.errors import need, reading
 from dnc_cli.measure.inputs import TRAIN_SPLIT
 from dnc_cli.measure.layers import LINEAR_STAGES
 from dnc_cli.runs import (
@@ -29,11 +30,10 @@ from dnc_cli.runs import (
     CONFIG_FILE,
     MEASURE_COMMAND,
     SUMMARY_FILE,
-    atomic_path,
     gram_file_name,
     is_measure_run,
+    staged_files,
     write_json,
-    write_text,
 )
 from dnc_cli.tables import NC_TABLE_FILE, markdown_table, read_metrics, run_metrics_path, save_table, write_csv
 
@@ -55,17 +55,18 @@ def write_outputs(out_dir: Path, mcfg, measured, facts: dict) -> dict:
         for stale in analysis.glob("gram_epoch_*.npz"):  # runs.gram_file_name's of another measurement
             stale.unlink()
     rows = kept + measured.table.drop(columns="module").assign(epoch=mcfg.epoch).to_dict("records")
-    write_text(out_dir / CONFIG_FILE, OmegaConf.to_yaml(to_plain(mcfg)))
-    table = save_table(run_metrics_path(out_dir), rows)
-    write_csv(analysis / LAYERS_FILE, layers)
-    write_text(analysis / NC_TABLE_FILE, nc_markdown(table, measured.layers, facts))
-    if measured.gram:
-        with atomic_path(analysis / gram_file_name(mcfg.epoch, TRAIN_SPLIT)) as tmp, open(tmp, "wb") as f:
-            np.savez_compressed(f, **measured.gram)
     summary = {"command": MEASURE_COMMAND, "status": "done", **facts, "tpt_epoch": None,
                "epochs": sorted({int(r["epoch"]) for r in rows}), "splits": measured.split_sizes,
                "layers": {str(i.layer): i.module for i in measured.layers}, "torch": torch.__version__}
-    write_json(out_dir / SUMMARY_FILE, summary)
+    with staged_files() as stage:  # every file, or none (dnc_cli/runs.py)
+        stage(out_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(to_plain(mcfg)))
+        table = save_table(run_metrics_path(out_dir), rows)
+        write_csv(stage(analysis / LAYERS_FILE), layers)
+        stage(analysis / NC_TABLE_FILE).write_text(nc_markdown(table, measured.layers, facts))
+        if measured.gram:
+            with open(stage(analysis / gram_file_name(mcfg.epoch, TRAIN_SPLIT)), "wb") as f:
+                np.savez_compressed(f, **measured.gram)
+    write_json(out_dir / SUMMARY_FILE, summary)  # last: a folder with its summary is complete
     return summary
 
 
@@ -75,7 +76,9 @@ def other_epochs(out_dir: Path, mcfg) -> list[dict]:
     path = run_metrics_path(out_dir)
     if not (path.is_file() and is_measure_run(out_dir) and (out_dir / CONFIG_FILE).is_file()):
         return []
-    before = OmegaConf.to_container(OmegaConf.load(out_dir / CONFIG_FILE), resolve=False) or {}
+    with reading(out_dir / CONFIG_FILE):
+        before = OmegaConf.to_container(OmegaConf.load(out_dir / CONFIG_FILE), resolve=False) or {}
+        need(isinstance(before, dict), out_dir / CONFIG_FILE, "a YAML mapping expected")
     differing = sorted(key for key, value in to_plain(mcfg).items()
                        if key not in NOT_COMPARED and before.get(key) != value)
     if differing:

@@ -10,6 +10,8 @@ layer's features: dnc_cli/models/deep_rfm.py).
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor
 
@@ -43,13 +45,20 @@ class LayerAGOPs:
       c), so Σ_i Σ_c g̃ g̃ᵀ = (AᵀA) ⊙ (SᵀS): N m² work instead of N K m²;
     * the other layers' g̃ come from one hand-written backward of all K outputs at once, (K, B, m) per layer,
       and their P_l sums from `add_gram` (upper blocks only).
-    Products in the features' dtype, sums in float64. Checked against per-sample autograd Jacobians in the
-    tests and against vmap(jacrev) in `make bench`."""
+    Everything in `dtype`, float64 by default whatever the model's dtype: the head runs on a float64 copy. An
+    AGOP's small eigenvalues are rounding noise when its gradients are float32, and AGOP^½ and the Σ_B^† of the
+    `agop` stage weigh exactly those directions (measured on MNIST, width 128, epoch 10, test split, layer 3:
+    agop-stage nc1 67 from float32 gradients, 219 from float64; BENCHMARKS.md section 5 has the cost, measured
+    against dtype=float32). Checked against per-sample autograd Jacobians in the tests and against vmap(jacrev) in
+    `make bench`."""
 
-    def __init__(self, model):
+    def __init__(self, model, dtype: torch.dtype = torch.float64):
         if not isinstance(model.act, torch.nn.ReLU):  # the masks below are ReLU's derivative
             raise TypeError(f"LayerAGOPs needs ReLU layers, got {type(model.act).__name__}")
-        self.model = model
+        self.dtype = dtype
+        # in another dtype, a copy of the head only: the AGOPs are of the head's layers, the backbone is not copied
+        self.model = model if model.classifier.weight.dtype == dtype else copy.deepcopy(
+            model, memo={id(model.backbone): None}).to(dtype)
         device = model.classifier.weight.device
         self.preact_sums = [torch.zeros(layer.out_features, layer.out_features, dtype=torch.float64, device=device)
                             for layer in model.layers]
@@ -59,16 +68,17 @@ class LayerAGOPs:
         self.num_samples = 0
 
     def update(self, h0: Tensor):
-        """Adds this batch (h0: (B, m_0)) to every layer's sum; returns the batch's trace for reuse."""
+        """Adds this batch (h0: (B, m_0)) to every layer's sum; returns the batch's trace (in `dtype`) for reuse."""
         with torch.no_grad():
+            h0 = h0.to(self.dtype)
             trace = self.model.trace(h0)
-            classifier = self.model.classifier.weight.to(h0.dtype)  # A, (K, m_L)
+            classifier = self.model.classifier.weight  # A, (K, m_L)
             grad_out = None  # ∂logits/∂h_l for the K outputs, (K, B, m_l); for l = L it is A's rows
             for l in range(len(self.model.layers), 0, -1):
                 active = trace.outputs[l - 1] > 0  # ReLU'(W_l h_{l-1}); torch's ReLU backward uses the same test
                 if grad_out is None:
                     mask = active.to(h0.dtype)
-                    self.preact_sums[l - 1] += (classifier.T @ classifier).double() * (mask.T @ mask).double()
+                    self.preact_sums[l - 1] += ((classifier.T @ classifier) * (mask.T @ mask)).double()
                     preact_grad = classifier.unsqueeze(1) * mask  # (K, B, m_L)
                     self.preact_grad_sums[l - 1] += (classifier * mask.sum(0)).double()
                 else:
@@ -76,7 +86,7 @@ class LayerAGOPs:
                     add_gram(self.preact_sums[l - 1], preact_grad.reshape(-1, preact_grad.shape[-1]))
                     self.preact_grad_sums[l - 1] += preact_grad.sum(1).double()
                 if l > 1:
-                    grad_out = preact_grad @ self.model.layers[l - 1].weight.to(h0.dtype)
+                    grad_out = preact_grad @ self.model.layers[l - 1].weight
         self.num_samples += h0.shape[0]
         return trace
 

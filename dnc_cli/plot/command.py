@@ -26,6 +26,7 @@ from dnc_cli.runs import (
     read_summary,
     require_run_dir,
     run_kind,
+    staged_files,
 )
 from dnc_cli.tables import RUNS_TABLE, read_run_metrics, read_train_log
 
@@ -54,17 +55,18 @@ def plot_run(run_dir: Path, figures: list[str] | None = None, nc1_form: str = "n
                           train_log=read_train_log(run_dir), run_dir=run_dir)
     applicable = RUN_FIGURES[kind]
     written: list[Path] = []
-    for name in figures if figures is not None else applicable:
-        if name not in applicable:
-            log.warning("skipping figure %s: not drawn for %s runs like %s (those get: %s)",
-                        name, kind, run_dir, ", ".join(applicable))
-            continue
-        try:
-            fig = FIGURES[name](inputs)
-        except NotDrawable as reason:
-            log.warning("skipping figure %s for %s: %s", name, run_dir, reason)
-            continue
-        written += save(fig, run_dir / FIGURES_DIR / name, formats, dpi)
+    with staged_files() as stage:  # the run's figure set is replaced whole, or not at all
+        for name in figures if figures is not None else applicable:
+            if name not in applicable:
+                log.warning("skipping figure %s: not drawn for %s runs like %s (those get: %s)",
+                            name, kind, run_dir, ", ".join(applicable))
+                continue
+            try:
+                fig = FIGURES[name](inputs)
+            except NotDrawable as reason:
+                log.warning("skipping figure %s for %s: %s", name, run_dir, reason)
+                continue
+            written += save(fig, run_dir / FIGURES_DIR / name, formats, dpi, stage)
     return written
 
 

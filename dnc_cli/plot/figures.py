@@ -22,7 +22,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from dnc_cli.config import FIGURE_FORMATS, NC1_FORMS
-from dnc_cli.errors import UsageError
+from dnc_cli.errors import UsageError, need, reading
 from dnc_cli.plot.course import fig_nc_metrics, fig_nfa, fig_svd_nc1, fig_training
 from dnc_cli.plot.depth import fig_gram, fig_layers, fig_rfm_layers
 from dnc_cli.plot.style import NotDrawable
@@ -44,10 +44,13 @@ class FigureInputs:
 
 
 def read_gram(path: Path) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-    with np.load(path) as npz:
+    """The feature sample `dnc analyze` saved (allow_pickle=False: an .npz cannot run code)."""
+    with reading(path, "rebuild it with `dnc analyze force=true`"), np.load(path, allow_pickle=False) as npz:
         labels = np.asarray(npz["labels"])
         features = {int(key.split("_")[1]): np.asarray(npz[key], dtype=np.float64)
                     for key in npz.files if key.startswith("layer_")}
+        need(all(len(f) == len(labels) and f.ndim == 2 for f in features.values()), path,
+             "feature arrays that do not match the labels")
     return labels, dict(sorted(features.items()))
 
 

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from dnc_cli.errors import UsageError
-from dnc_cli.runs import atomic_path
+from dnc_cli.runs import Staging
 from dnc_cli.tables import COLUMNS
 
 BAND_COLUMNS = ["std", "n"]  # a sweep aggregate's spread over seeds (dnc_cli/analyze/sweeps.py)
@@ -192,13 +192,13 @@ def spread(items: list, at_most: int) -> list:
     return [items[i] for i in sorted(set(np.linspace(0, len(items) - 1, at_most).round().astype(int)))]
 
 
-def save(fig: Figure, path_stem: Path, formats: tuple[str, ...], dpi: int) -> list[Path]:
-    """Write each format atomically; no timestamps in the metadata, so equal inputs give equal bytes."""
+def save(fig: Figure, path_stem: Path, formats: tuple[str, ...], dpi: int, stage: Staging) -> list[Path]:
+    """Write each format into `stage` (the figure set is renamed into place together: dnc_cli/runs.py
+    `staged_files`); no timestamps in the metadata, so equal inputs give equal bytes."""
     written = []
     for fmt in formats:
         path = path_stem.with_suffix(f".{fmt}")
         metadata = {"CreationDate": None, "ModDate": None} if fmt == "pdf" else {"Software": None}
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=dpi, metadata=metadata)
+        fig.savefig(stage(path), format=fmt, dpi=dpi, metadata=metadata)
         written.append(path)
     return written

@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from dnc_cli.config import SEED_KEY
-from dnc_cli.errors import UsageError
+from dnc_cli.errors import UsageError, need, reading
 from dnc_cli.plot.figures import COMPARE, FIGURES, SWEEP_FIGURES, FigureInputs, check_options
 from dnc_cli.plot.style import (
     NC1_LABELS,
@@ -27,7 +27,7 @@ from dnc_cli.plot.style import (
     plot_curve,
     save,
 )
-from dnc_cli.runs import ANALYSIS_DIR, FIGURES_DIR, read_summary, run_kind
+from dnc_cli.runs import ANALYSIS_DIR, FIGURES_DIR, read_summary, run_kind, staged_files
 from dnc_cli.tables import (
     AGGREGATED_METRICS_TABLE,
     RUNS_TABLE,
@@ -46,12 +46,17 @@ def read_sweep(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     paths = [analysis / RUNS_TABLE, analysis / AGGREGATED_METRICS_TABLE]
     if not all(p.is_file() for p in paths):
         raise UsageError(f"no sweep analysis in {sweep_dir}: run `dnc analyze run_dir={sweep_dir}` first")
-    runs = pd.read_csv(paths[0], dtype={"run": str, "status": str, "problem": str}, keep_default_na=False,
-                       na_values=[""])
-    columns = list(runs.columns)
-    keys = columns[1:columns.index("status")]
-    aggregated = pd.read_csv(paths[1], dtype={"stage": str, "split": str, "metric": str}, keep_default_na=False,
-                             na_values={c: [""] for c in ("mean", "std", *keys)})
+    hint = f"rebuild it with `dnc analyze run_dir={sweep_dir}`"
+    with reading(paths[0], hint):
+        runs = pd.read_csv(paths[0], dtype={"run": str, "status": str, "problem": str}, keep_default_na=False,
+                           na_values=[""])
+        columns = list(runs.columns)
+        keys = columns[1:columns.index("status")]
+    with reading(paths[1], hint):
+        aggregated = pd.read_csv(paths[1], dtype={"stage": str, "split": str, "metric": str}, keep_default_na=False,
+                                 na_values={c: [""] for c in ("mean", "std", *keys)})
+        need(all(c in aggregated.columns for c in ("stage", "split", "metric", "mean", "std")), paths[1],
+             "columns stage, split, metric, mean, std expected", hint)
     aggregated["stage"] = aggregated["stage"].fillna("")
     return runs, aggregated, keys
 
@@ -231,50 +236,52 @@ def plot_sweep(sweep_dir: Path, figures: list[str] | None = None, nc1_form: str 
                          f"(it has: {', '.join(splits)})")
     wanted = set(figures) if figures is not None else None
     written: list[Path] = []
-    for combo, rows in _combos(aggregated, by):
-        rows = common_epochs(rows)
-        metrics = rows.rename(columns={"mean": "value"})
-        members = runs[_matches(runs, combo) & (runs["status"] != "missing")] if by else runs[
-            runs["status"] != "missing"]
-        n_seeds = int(rows["n_runs"].max()) if len(rows) else 0
-        tpts = pd.to_numeric(members["tpt_epoch"], errors="coerce").dropna()
-        tpt_epoch = int(tpts.median()) if len(tpts) and len(tpts) == len(members) else None
-        summaries = [read_summary(sweep_dir / run) for run in members["run"] if isinstance(run, str) and run]
-        # the combination's kind: its runs' (they share the model), else its table's
-        kind = run_kind(next((summary for summary in summaries if summary), {}), metrics=metrics)
-        out_dir = sweep_dir / FIGURES_DIR / _slug(combo) if combo else sweep_dir / FIGURES_DIR
-        inputs = FigureInputs(metrics, tpt_epoch, nc1_form, split, kind,
-                              train_log=aggregate_train_logs(sweep_dir, members["run"].tolist()),
-                              no_train_log="no train_log.csv common to the runs")
-        for name in SWEEP_FIGURES[kind]:
-            if wanted is not None and name not in wanted:
-                continue
-            try:
-                fig = FIGURES[name](inputs)
-            except NotDrawable as reason:
-                log.warning("skipping sweep figure %s for %s: %s", name, _label(combo) or sweep_dir, reason)
-                continue
-            seeds = f"mean ± std over {n_seeds} seed{'s' if n_seeds != 1 else ''}"
-            _append_title(fig, f"{_label(combo)}; {seeds}" if combo else seeds)
-            written += save(fig, out_dir / name, formats, dpi)
-    if by and (wanted is None or COMPARE in wanted):
-        per_run = _read_sweep_metrics(sweep_dir, keys)
-        for param in by:
-            if per_run[param].nunique(dropna=False) < 2:
-                continue
-            try:
-                fig = fig_compare(per_run, param, keys, nc1_form, split)
-            except NotDrawable as reason:
-                log.warning("skipping sweep figure compare_%s: %s", param, reason)
-                continue
-            stem = "compare_" + _safe(short_name(param, by)).replace(".", "_")  # save() takes a suffix-free stem
-            written += save(fig, sweep_dir / FIGURES_DIR / stem, formats, dpi)
+    with staged_files() as stage:  # the sweep's figure set is replaced whole, or not at all
+        for combo, rows in _combos(aggregated, by):
+            rows = common_epochs(rows)
+            metrics = rows.rename(columns={"mean": "value"})
+            members = runs[_matches(runs, combo) & (runs["status"] != "missing")] if by else runs[
+                runs["status"] != "missing"]
+            n_seeds = int(rows["n_runs"].max()) if len(rows) else 0
+            tpts = pd.to_numeric(members["tpt_epoch"], errors="coerce").dropna()
+            tpt_epoch = int(tpts.median()) if len(tpts) and len(tpts) == len(members) else None
+            summaries = [read_summary(sweep_dir / run) for run in members["run"] if isinstance(run, str) and run]
+            # the combination's kind: its runs' (they share the model), else its table's
+            kind = run_kind(next((summary for summary in summaries if summary), {}), metrics=metrics)
+            out_dir = sweep_dir / FIGURES_DIR / _slug(combo) if combo else sweep_dir / FIGURES_DIR
+            inputs = FigureInputs(metrics, tpt_epoch, nc1_form, split, kind,
+                                  train_log=aggregate_train_logs(sweep_dir, members["run"].tolist()),
+                                  no_train_log="no train_log.csv common to the runs")
+            for name in SWEEP_FIGURES[kind]:
+                if wanted is not None and name not in wanted:
+                    continue
+                try:
+                    fig = FIGURES[name](inputs)
+                except NotDrawable as reason:
+                    log.warning("skipping sweep figure %s for %s: %s", name, _label(combo) or sweep_dir, reason)
+                    continue
+                seeds = f"mean ± std over {n_seeds} seed{'s' if n_seeds != 1 else ''}"
+                _append_title(fig, f"{_label(combo)}; {seeds}" if combo else seeds)
+                written += save(fig, out_dir / name, formats, dpi, stage)
+        if by and (wanted is None or COMPARE in wanted):
+            per_run = _read_sweep_metrics(sweep_dir, keys)
+            for param in by:
+                if per_run[param].nunique(dropna=False) < 2:
+                    continue
+                try:
+                    fig = fig_compare(per_run, param, keys, nc1_form, split)
+                except NotDrawable as reason:
+                    log.warning("skipping sweep figure compare_%s: %s", param, reason)
+                    continue
+                stem = "compare_" + _safe(short_name(param, by)).replace(".", "_")  # save() takes a suffix-free stem
+                written += save(fig, sweep_dir / FIGURES_DIR / stem, formats, dpi, stage)
     return written
 
 
 def _read_sweep_metrics(sweep_dir: Path, keys: list[str]) -> pd.DataFrame:
     path = Path(sweep_dir) / ANALYSIS_DIR / SWEEP_METRICS_TABLE
-    table = pd.read_csv(path, dtype={"run": str, "stage": str, "split": str, "metric": str}, keep_default_na=False,
-                        na_values={c: [""] for c in ("value", *keys)})
+    with reading(path, f"rebuild it with `dnc analyze run_dir={sweep_dir}`"):
+        table = pd.read_csv(path, dtype={"run": str, "stage": str, "split": str, "metric": str},
+                            keep_default_na=False, na_values={c: [""] for c in ("value", *keys)})
     table["stage"] = table["stage"].fillna("")
     return table

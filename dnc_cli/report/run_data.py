@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from dnc_cli.errors import UsageError
+from dnc_cli.errors import UsageError, need, reading
 from dnc_cli.runs import CONFIG_FILE, read_summary, run_kind
 from dnc_cli.tables import KEY_COLUMNS, read_run_metrics, read_train_log
 
@@ -83,7 +83,9 @@ def load_run(run_dir: Path, until_epoch: int | None = None) -> RunData:
     metrics, summary, train_log = read_run_metrics(run_dir), read_summary(run_dir), read_train_log(run_dir)
     config = {}
     if (run_dir / CONFIG_FILE).is_file():
-        config = OmegaConf.to_container(OmegaConf.load(run_dir / CONFIG_FILE), resolve=False) or {}
+        with reading(run_dir / CONFIG_FILE):
+            config = OmegaConf.to_container(OmegaConf.load(run_dir / CONFIG_FILE), resolve=False) or {}
+        need(isinstance(config, dict), run_dir / CONFIG_FILE, "a YAML mapping expected")
     if until_epoch is not None:
         metrics = metrics[metrics["epoch"] <= until_epoch]
         train_log = None if train_log is None else train_log[train_log["epoch"] <= until_epoch]

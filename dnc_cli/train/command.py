@@ -14,9 +14,10 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from dnc_cli.config import TrainConfig, to_object, validate_train
+from dnc_cli.config import TrainConfig, to_object, to_plain, validate_train
 from dnc_cli.errors import UsageError, fail
 from dnc_cli.runs import (
     CHECKPOINTS_DIR,
@@ -25,9 +26,11 @@ from dnc_cli.runs import (
     LAST_CHECKPOINT,
     NETWORK,
     ensure_writable_dir,
+    holds_run,
     kind_of_model,
 )
 from dnc_cli.train import deep_rfm, network
+from dnc_cli.train.lifecycle import check_resume_config
 
 TRAINERS = {NETWORK: network, DEEP_RFM: deep_rfm}
 
@@ -37,13 +40,20 @@ def trainer(cfg: TrainConfig):
 
 
 def check(cfg: DictConfig) -> TrainConfig:
+    """Every refusal of `dnc train`, run by the dispatcher before Hydra writes anything (a refused command leaves
+    the run folder as it was), and again in the job."""
     train_cfg = validate_train(to_object(cfg, TrainConfig))
     trainer(train_cfg).check(train_cfg)
-    if train_cfg.resume is not None and not (Path(train_cfg.resume) / CHECKPOINTS_DIR / LAST_CHECKPOINT).exists():
-        raise UsageError(f"resume={train_cfg.resume} holds no checkpoints/last.pt to resume from")
+    if train_cfg.resume is not None:
+        if not (Path(train_cfg.resume) / CHECKPOINTS_DIR / LAST_CHECKPOINT).exists():
+            raise UsageError(f"resume={train_cfg.resume} holds no checkpoints/last.pt to resume from")
+        check_resume_config(Path(train_cfg.resume), to_plain(train_cfg))
     if "hydra" in cfg:
         ensure_writable_dir(cfg.hydra.run.dir, "hydra.run.dir")
         ensure_writable_dir(cfg.hydra.sweep.dir, "hydra.sweep.dir")
+        run_dir = Path(cfg.hydra.run.dir)
+        if cfg.hydra.mode != RunMode.MULTIRUN and train_cfg.resume is None and holds_run(run_dir):
+            raise UsageError(f"hydra.run.dir={run_dir} already holds a run; continue it with resume={run_dir}")
     return train_cfg
 
 

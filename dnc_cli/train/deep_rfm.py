@@ -11,11 +11,10 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
-
 from dnc_cli.config import TrainConfig, to_plain
 from dnc_cli.data import load_dataset
 from dnc_cli.devices import resolve_device
+from dnc_cli.errors import reading
 from dnc_cli.metrics.collapse import nc_of
 from dnc_cli.models.deep_rfm import RFMLayer, fit_deep_rfm, memory_check, validate_deep_rfm
 from dnc_cli.runs import (
@@ -23,13 +22,16 @@ from dnc_cli.runs import (
     LAST_CHECKPOINT,
     RFM_LOG_FILE,
     SUMMARY_FILE,
+    append_line,
     checkpoint_path,
+    load_tensors,
     read_json,
     save_atomic,
     truncate_log,
     write_json,
+    write_text,
 )
-from dnc_cli.train.lifecycle import check_resume_config, start_run
+from dnc_cli.train.lifecycle import start_run
 
 log = logging.getLogger("dnc.deep_rfm")
 
@@ -51,14 +53,14 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
     ckpt, last = checkpoint_path(run_dir, 0), run_dir / CHECKPOINTS_DIR / LAST_CHECKPOINT
     plain, log_path, summary_path = to_plain(cfg), run_dir / RFM_LOG_FILE, run_dir / SUMMARY_FILE
     if cfg.resume is not None:  # continue after the layers in last.pt (written after every layer)
-        check_resume_config(run_dir, plain)
-        done = [RFMLayer.from_dict(r) for r in torch.load(last, weights_only=True)["rfm_layers"]]
+        with reading(last):
+            done = [RFMLayer.from_dict(r) for r in load_tensors(last, "cpu", ("rfm_layers",))["rfm_layers"]]
         summary = read_json(summary_path) | {"status": "running"}
         truncate_log(log_path, len(done))
         log.info("resuming %s after layer %d", run_dir, len(done))
     else:
         summary = start_run(cfg, plain, data, run_dir)
-        log_path.write_text("layer,train_acc,test_acc,nc1_trace,elapsed_s\n")
+        write_text(log_path, "layer,train_acc,test_acc,nc1_trace,elapsed_s\n")
         done = []
     write_json(summary_path, summary)
     fitted = list(done)
@@ -68,8 +70,7 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
 
     def on_layer(layer, record, elapsed, x_layer):
         nc1 = nc_of(x_layer, labels, data.num_classes)["nc1_trace"]
-        with open(log_path, "a") as f:
-            f.write(f"{layer},{record.train_acc:.6g},{record.test_acc:.6g},{nc1:.6g},{elapsed:.3f}\n")
+        append_line(log_path, f"{layer},{record.train_acc:.6g},{record.test_acc:.6g},{nc1:.6g},{elapsed:.3f}")
         log.info("layer %d: kernel train_acc %.4f test_acc %.4f, NC1 of X_l %.3g (%.1f s)", layer, record.train_acc,
                  record.test_acc, nc1, elapsed)
         fitted.append(record)

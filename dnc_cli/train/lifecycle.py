@@ -10,8 +10,8 @@ from omegaconf import OmegaConf
 
 import dnc_cli
 from dnc_cli.config import TrainConfig, to_object, to_plain, validate_train
-from dnc_cli.errors import UsageError
-from dnc_cli.runs import CHECKPOINTS_DIR, CONFIG_FILE, LABELS_FILE, LAST_CHECKPOINT, atomic_path, save_atomic
+from dnc_cli.errors import UsageError, need, reading
+from dnc_cli.runs import CONFIG_FILE, LABELS_FILE, atomic_path, holds_run, save_atomic
 
 # config keys that may change when resuming a run (everything else must match the saved config)
 RESUMABLE_CHANGES = {"resume", "epochs", "epochs_after_tpt", "device", "progress"}
@@ -34,9 +34,12 @@ def check_resume_config(run_dir: Path, plain: dict) -> None:
     """Refuse to resume `run_dir` with a config that differs from the one it was started with, apart from
     RESUMABLE_CHANGES. The saved config is read through the schema, so that a run written by an older dnc compares
     by its meaning (standardize: true = pixel); keys that its file lacks (added to dnc since) are not compared."""
-    written = OmegaConf.load(run_dir / CONFIG_FILE)
-    saved = to_plain(validate_train(to_object(written, TrainConfig)))
-    written = OmegaConf.to_container(written)
+    path = run_dir / CONFIG_FILE
+    with reading(path):
+        written = OmegaConf.load(path)
+        saved = to_plain(validate_train(to_object(written, TrainConfig)))
+        written = OmegaConf.to_container(written)
+        need(isinstance(written, dict), path, "a YAML mapping expected")
 
     def diff(a, b, present, prefix=""):
         for key in sorted(set(a) | set(b)):
@@ -57,7 +60,7 @@ def check_resume_config(run_dir: Path, plain: dict) -> None:
 def start_run(cfg: TrainConfig, plain: dict, data, run_dir: Path) -> dict:
     """A fresh run's first files (its config and labels; refused if `run_dir` already holds a run); returns the
     initial summary."""
-    if (run_dir / CHECKPOINTS_DIR / LAST_CHECKPOINT).exists():
+    if holds_run(run_dir):
         raise UsageError(f"hydra.run.dir={run_dir} already holds a run; continue it with resume={run_dir}")
     with atomic_path(run_dir / CONFIG_FILE) as tmp:
         tmp.write_text(OmegaConf.to_yaml(plain))

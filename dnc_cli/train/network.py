@@ -19,21 +19,23 @@ import torch
 from dnc_cli.config import CheckpointConfig, OptimizerName, Schedule, TrainConfig, to_plain
 from dnc_cli.data import load_dataset, targets
 from dnc_cli.devices import resolve_device
-from dnc_cli.errors import UsageError
+from dnc_cli.errors import UsageError, reading
 from dnc_cli.models.networks import build_model
 from dnc_cli.runs import (
     CHECKPOINTS_DIR,
     LAST_CHECKPOINT,
     SUMMARY_FILE,
     TRAIN_LOG_FILE,
+    append_line,
     atomic_path,
     checkpoint_name,
+    load_tensors,
     read_json,
     save_atomic,
     truncate_log,
     write_json,
 )
-from dnc_cli.train.lifecycle import check_resume_config, start_run
+from dnc_cli.train.lifecycle import start_run
 
 log = logging.getLogger("dnc.train")
 LOG_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "elapsed_s")
@@ -81,6 +83,9 @@ def evaluate(model, x, labels, target, loss_fn, batch_size) -> tuple[float, floa
     per_sample = loss_sum.item() / len(x) / (target.shape[1] if target.dim() == 2 else 1)
     return per_sample, int(correct) / len(x)
 
+# checkpoints/last.pt: what resuming needs
+RESUME_STATE = ("model", "optimizer", "epoch", "tpt_epoch", "batch_rng", "torch_rng", "elapsed_s")
+
 
 def train(cfg: TrainConfig, run_dir: Path) -> dict:
     """Train with `cfg`, writing the run layout into `run_dir`; returns the summary."""
@@ -106,13 +111,14 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
                 *evaluate(model, data.test.x, data.test.labels, test_t, loss_fn, 1024))
 
     if cfg.resume is not None:
-        check_resume_config(run_dir, plain)
-        state = torch.load(ckpt_dir / LAST_CHECKPOINT, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        batch_rng.set_state(state["batch_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        epoch, tpt_epoch, elapsed0 = state["epoch"], state["tpt_epoch"], state["elapsed_s"]
+        last = ckpt_dir / LAST_CHECKPOINT
+        state = load_tensors(last, device, RESUME_STATE)
+        with reading(last):
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            batch_rng.set_state(state["batch_rng"])
+            torch.set_rng_state(state["torch_rng"])
+            epoch, tpt_epoch, elapsed0 = int(state["epoch"]), state["tpt_epoch"], float(state["elapsed_s"])
         summary = read_json(summary_path)
         truncate_log(log_path, epoch)
         log.info("resuming %s at epoch %d", run_dir, epoch)
@@ -127,15 +133,13 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
     def record(epoch, metrics, checkpoint: bool):
         nonlocal summary
         row = (epoch, *metrics, optimizer.param_groups[0]["lr"], elapsed0 + time.perf_counter() - start)
-        with open(log_path, "a") as f:
-            f.write(",".join(f"{v:.8g}" if isinstance(v, float) else str(v) for v in row) + "\n")
-            f.flush()
+        append_line(log_path, ",".join(f"{v:.8g}" if isinstance(v, float) else str(v) for v in row))
         if checkpoint:
             save_atomic({"model": model.state_dict(), "epoch": epoch, "config": plain, "layers": model.describe(),
                    "metrics": dict(zip(LOG_COLUMNS[1:5], metrics))}, ckpt_dir / checkpoint_name(epoch))
         save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-               "tpt_epoch": tpt_epoch, "batch_rng": batch_rng.get_state(), "torch_rng": torch.get_rng_state(),
-               "elapsed_s": row[-1]}, ckpt_dir / LAST_CHECKPOINT)
+                     "tpt_epoch": tpt_epoch, "batch_rng": batch_rng.get_state(), "torch_rng": torch.get_rng_state(),
+                     "elapsed_s": row[-1]}, ckpt_dir / LAST_CHECKPOINT)  # the keys of RESUME_STATE
         summary |= {"epochs_done": epoch, "tpt_epoch": tpt_epoch, "elapsed_s": round(row[-1], 3),
                     "final": dict(zip(LOG_COLUMNS[1:5], metrics))}
         write_json(summary_path, summary)
