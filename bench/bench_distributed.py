@@ -1,4 +1,4 @@
-"""`make bench` (part 4): `dnc analyze` data-parallel under torchrun (README, "Scaling out").
+"""`make bench` (part 5): `dnc analyze` data-parallel under torchrun (README, "Scaling out").
 
 1. measured: one checkpoint of bench_analyze's setup (a 5 x 512 MLP, 8,000 MNIST-shaped mixture samples, train split,
    families nc + svd + nfa) analysed by `analyze_checkpoint` in P = 1 process with 1 and with 2 threads, and in P = 2

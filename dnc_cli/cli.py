@@ -16,12 +16,14 @@ from omegaconf import OmegaConf, open_dict
 from dnc_cli.errors import UsageError, fail
 from dnc_cli.runs import RESUME_IN_SWEEPS
 
-# each command's module: its Hydra app `main` and `check(cfg)`, the validation the dispatcher runs first
+# each command's module: its Hydra app `main` and `check(cfg)`, the validation the dispatcher runs first (and
+# SHORTHANDS, {key: full key} for keys that would otherwise name a config group: dnc measure's model=)
 COMMANDS = {
     "train": ("dnc_cli.train.command", "train a network (or build a Deep RFM) and save checkpoints"),
     "analyze": ("dnc_cli.analyze.command", "NC1-NC4, SVD-decomposed NC1 and NFA per layer and checkpoint"),
     "plot": ("dnc_cli.plot.command", "the paper's figures from the analysis tables"),
     "report": ("dnc_cli.report.command", "the paper's claims, judged from a run's or a sweep's tables (report.md)"),
+    "measure": ("dnc_cli.measure.command", "the same tables for any PyTorch model's layers, or for saved embeddings"),
 }
 
 USAGE = "usage: dnc <command> [key=value ...] [-m] [--help] [--cfg job]\n\ncommands:\n" + "\n".join(
@@ -133,6 +135,16 @@ def _check_config(command: str, module, overrides: list[str]) -> bool:
     return multirun
 
 
+def _expand_shorthands(args: list[str], shorthands: dict[str, str]) -> list[str]:
+    """A command's `key=value` whose key names a config group of the shared conf/ (dnc measure's model=, conf/model
+    being dnc train's): Hydra would take the value for a group choice, so the key becomes the command's own."""
+    expanded = []
+    for arg in args:
+        key, equals, value = arg.partition("=")
+        expanded.append(f"{shorthands[key]}={value}" if equals and key in shorthands else arg)
+    return expanded
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -142,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     if command not in COMMANDS:
         fail(command, f"unknown command '{command}'; valid: {', '.join(COMMANDS)}")
     module = importlib.import_module(COMMANDS[command][0])
+    args = _expand_shorthands(args, getattr(module, "SHORTHANDS", {}))
     overrides = _overrides(args)
     if overrides is not None:
         multirun = _check_config(command, module, overrides) or bool({"-m", "--multirun"} & set(args))

@@ -1,10 +1,10 @@
 """The config of every command: one schema per config group, with every default, and its validation.
 
 The dataclasses below are the single place that lists every option with its default; Hydra's ConfigStore holds
-them as `train_schema`, `analyze_schema`, `plot_schema` and `report_schema`, and the YAML files in `conf/` merge
-on top of them. So the YAML holds only defaults lists, Hydra settings and the values that differ per option of a
-group (`conf/model/deep_rfm.yaml`: depth 10, width 4096), and a typo in a key or a bad enum value fails when Hydra
-composes. `validate_*` adds the range checks that types cannot express. The resolvers the YAML uses
+them as `train_schema`, `analyze_schema`, `plot_schema`, `report_schema` and `measure_schema`, and the YAML files
+in `conf/` merge on top of them. So the YAML holds only defaults lists, Hydra settings and the values that differ
+per option of a group (`conf/model/deep_rfm.yaml`: depth 10, width 4096), and a typo in a key or a bad enum value
+fails when Hydra composes. `validate_*` adds the range checks that types cannot express. The resolvers the YAML uses
 (`${dnc_run_dir:...}`, `${dnc_resume:}`, `${dnc_job_gpu:}`) are registered by dnc_cli/runs.py.
 """
 
@@ -262,11 +262,49 @@ class ReportConfig:
     still_falling_factor: float = 2.0
 
 
+# ---------------------------------------------------------------------------------------------------- dnc measure
+@dataclass
+class MeasureModelConfig:
+    """`dnc measure model=<name>` (short for model.name): the model to build, before `weights` are loaded."""
+
+    name: str | None = None  # python.path:factory (called with kwargs) or a torchvision model name (random weights)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the factory / torchvision builder
+    adapt_input: bool = True  # replace the first Conv2d when its in_channels differ from the dataset's channels
+    resize: int | None = None  # resize the dataset's images to resize x resize (bilinear) before the model
+
+
+@dataclass
+class MeasureConfig:
+    """`dnc measure`: any model's layers (model= and dataset=) or saved embeddings (features=); dnc_cli/measure/."""
+
+    out_dir: str = "outputs/measure"
+    model: MeasureModelConfig = field(default_factory=MeasureModelConfig)
+    weights: str | None = None  # a state_dict file (torch.load weights_only=True; a dnc checkpoint's "model" too)
+    features: str | None = None  # an embeddings file (.npz, .pt, .parquet) instead of a model
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    seed: int = 0  # the dataset's random labels, if any
+    num_classes: int | None = None  # default: the dataset's (embeddings: max label + 1)
+    layers: list[str] | None = None  # module names or globs; null: every nn.Linear
+    families: list[str] = field(default_factory=lambda: list(FAMILIES))
+    splits: list[str] = field(default_factory=lambda: list(SPLITS))  # embeddings: default every split in the file
+    pool: str = "none"  # none: conv maps and sequences flattened | avg: averaged over positions
+    output: str | None = None  # the module whose output is the model's outputs f_1..f_C; null: the model's return
+    nfa_powers: list[float] = field(default_factory=lambda: [0.5, 1.0])
+    nc1: NC1Options = field(default_factory=NC1Options)
+    batch_size: int = 256
+    device: str = "auto"
+    precision: Precision = Precision.float32
+    epoch: int = 0  # the `epoch` column; measuring the same out_dir at another epoch adds to its table
+    gram_samples_per_class: int = 30
+    progress: bool = True
+
+
 cs = ConfigStore.instance()
 cs.store(name="train_schema", node=TrainConfig)
 cs.store(name="analyze_schema", node=AnalyzeConfig)
 cs.store(name="plot_schema", node=PlotConfig)
 cs.store(name="report_schema", node=ReportConfig)
+cs.store(name="measure_schema", node=MeasureConfig)
 
 
 # ---------------------------------------------------------------------------------------------------- validation
@@ -281,8 +319,8 @@ def standardize_mode(value) -> str:
     return mode
 
 
-def validate_train(cfg: TrainConfig) -> TrainConfig:
-    d, m, o, c = cfg.dataset, cfg.model, cfg.optimizer, cfg.checkpoints
+def validate_dataset(d: DatasetConfig) -> DatasetConfig:
+    """The dataset group's checks (dnc train, dnc measure)."""
     d.standardize = standardize_mode(d.standardize)
     _need(0.0 <= d.labels.random_fraction <= 1.0,
           f"dataset.labels.random_fraction={d.labels.random_fraction} is outside [0, 1]")
@@ -292,6 +330,12 @@ def validate_train(cfg: TrainConfig) -> TrainConfig:
     _need(d.num_classes >= 2, f"dataset.num_classes={d.num_classes} must be >= 2")
     _need(d.dim >= 1, f"dataset.dim={d.dim} must be >= 1")
     _need(d.n_available >= d.num_classes, f"dataset.n_available={d.n_available} must be >= num_classes")
+    return d
+
+
+def validate_train(cfg: TrainConfig) -> TrainConfig:
+    m, o, c = cfg.model, cfg.optimizer, cfg.checkpoints
+    validate_dataset(cfg.dataset)
     _need(m.depth >= 1, f"model.depth={m.depth} must be >= 1")
     _need(m.width is None or m.width >= 1, f"model.width={m.width} must be >= 1")
     _need(m.init_gain > 0 and math.isfinite(m.init_gain), f"model.init_gain={m.init_gain} must be > 0")

@@ -50,6 +50,14 @@ def short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def unpickling_detail(exc: BaseException) -> str:
+    """What torch.load(weights_only=True) refused, from its long message (whose first line is generic advice)."""
+    lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+    detail = [line for line in lines if not line.startswith(("Please file", "Check the documentation",
+                                                             "WeightsUnpickler error"))]
+    return (detail or lines or [type(exc).__name__])[0][:MESSAGE_LENGTH]
+
+
 @contextlib.contextmanager
 def reading(path, hint: str = ""):
     """Read and parse `path` inside this block: any failure of the file becomes a UsageError that names it (and adds
@@ -66,7 +74,7 @@ def reading(path, hint: str = ""):
         raise UsageError(f"{path} cannot be read ({exc.strerror}){suffix}") from exc
     except pickle.UnpicklingError as exc:  # weights_only=True met an object that is not tensors and plain data
         raise UsageError(f"{path} is not a file of tensors that loads safely (weights_only=True refused it: "
-                         f"{short(exc)}){suffix}") from exc
+                         f"{unpickling_detail(exc)}){suffix}") from exc
     except DAMAGED_FILE_ERRORS as exc:
         raise UsageError(f"{path} is damaged or not what dnc wrote ({short(exc)}){suffix}") from exc
 

@@ -16,6 +16,8 @@ Imports no torch at module level (`dnc plot` and `dnc report` use it).
 
 A sweep (`dnc train -m`) is a folder holding Hydra's multirun.yaml and one run per job folder, each with Hydra's
 record of its overrides in .hydra/overrides.yaml; `dnc analyze` writes its tables into <sweep>/analysis/.
+`dnc measure` writes the same layout without checkpoints or logs: config_resolved.yaml, summary.json ("command":
+"measure") and analysis/ (dnc_cli/measure/outputs.py).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ FIGURES_DIR = "figures"
 REPORT_FILE = "report.md"
 MULTIRUN_FILE = "multirun.yaml"
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
+MEASURE_COMMAND = "measure"  # summary.json's "command" in a folder `dnc measure` wrote (it is no training run)
 RUN_DEFINING_KEYS = ("seed", "dataset", "model")  # a config_resolved.yaml without them does not describe a run
 
 
@@ -150,7 +153,6 @@ def staged_files():
     full disk, an interruption) leaves every target as it was: no half-written figure set, no table without its
     Parquet twin. A staged file identical to its target is dropped, so a rerun with nothing new changes nothing."""
     staging = Staging()
-    target = None
     try:
         yield staging
         staging.commit()
@@ -186,6 +188,16 @@ def read_json(path: Path) -> dict:
     return data
 
 
+def append_line(path: Path, line: str) -> None:
+    """One row more of a log (train_log.csv, rfm_log.csv); UsageError naming the file when it cannot be written.
+    A row half-written by an interruption is dropped on resume (`truncate_log`)."""
+    try:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+    except OSError as exc:
+        raise UsageError(f"cannot write {path} ({exc.strerror or exc})") from exc
+
+
 def save_atomic(obj, path: Path) -> None:
     """torch.save, atomically (checkpoints, labels, resume state)."""
     import torch
@@ -199,9 +211,10 @@ def truncate_log(path: Path, last_epoch: int) -> None:
     if not path.exists():
         return
     with reading(path):
-        lines = path.read_text().splitlines(keepends=True)
-        kept = [lines[0]] + [ln for ln in lines[1:] if int(ln.split(",", 1)[0]) <= last_epoch]
-    write_text(path, "".join(kept))
+        header, *rows = path.read_text().splitlines()
+        # a row cut short by an interruption has fewer fields: it goes too
+        kept = [row for row in rows if row.count(",") == header.count(",") and int(row.split(",", 1)[0]) <= last_epoch]
+    write_text(path, "\n".join([header, *kept]) + "\n")
 
 
 def read_run_config(run_dir: Path) -> TrainConfig:
@@ -321,11 +334,28 @@ def find_sweeps(root: Path, runs: list[Path]) -> list[Path]:
     return [root] if is_sweep(root, runs) else []
 
 
-def find_runs_and_sweeps(root: Path) -> tuple[list[Path], list[Path]]:
-    """The runs and sweeps at or below `run_dir=` of analyze and plot; UsageError when there is neither."""
+def is_measure_run(run_dir: Path) -> bool:
+    """A folder `dnc measure` wrote (summary.json's command): its analysis/ is complete, it has no checkpoints."""
+    try:
+        return read_summary(run_dir).get("command") == MEASURE_COMMAND
+    except (OSError, ValueError, AttributeError):  # an unreadable or odd summary.json: not ours
+        return False
+
+
+def find_runs_and_sweeps(root: Path, skip_measured: bool = False) -> tuple[list[Path], list[Path]]:
+    """The runs and sweeps at or below `run_dir=` of analyze and plot; UsageError when there is neither.
+    `skip_measured` (analyze): leave out the folders `dnc measure` wrote, which were analysed when measured. Those
+    never make a sweep (a folder of them is no `dnc train -m`)."""
     runs = find_runs(Path(root))
-    sweeps = find_sweeps(Path(root), runs)
+    measured = [run for run in runs if is_measure_run(run)]
+    trained = [run for run in runs if run not in measured]
+    sweeps = find_sweeps(Path(root), trained)
+    if skip_measured:
+        runs = trained
     if not runs and not sweeps:
+        if measured:
+            raise UsageError(f"run_dir={root} holds only `dnc measure` output, analysed when measured: `dnc plot` "
+                             "and `dnc report` read it as it is")
         raise UsageError(f"run_dir={root} holds no run (no {CONFIG_FILE} below it)")
     return runs, sweeps
 

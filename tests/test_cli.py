@@ -123,7 +123,7 @@ def test_resolvers_are_registered_by_each_command_module():
     """A launcher (joblib, submitit) unpickles a sweep job's task function in a fresh process, which imports the
     command's module and no more: that import must register every resolver the config uses."""
     for module in ("dnc_cli.train.command", "dnc_cli.analyze.command", "dnc_cli.plot.command",
-                   "dnc_cli.report.command"):
+                   "dnc_cli.report.command", "dnc_cli.measure.command"):
         code = (f"import {module}\nfrom omegaconf import OmegaConf\n"
                 "missing = [r for r in ('dnc_run_dir', 'dnc_job_gpu', 'dnc_resume') if not OmegaConf.has_resolver(r)]\n"
                 "assert not missing, missing\n")

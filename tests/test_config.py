@@ -12,6 +12,7 @@ from conftest import REPO, composed, pop_rff_gamma
 from dnc_cli.config import (
     AnalyzeConfig,
     DatasetConfig,
+    MeasureConfig,
     ModelConfig,
     OptimizerConfig,
     PlotConfig,
@@ -26,7 +27,7 @@ from dnc_cli.errors import UsageError
 CONF = REPO / "conf"
 DEFAULTS = sorted((Path(__file__).parent / "data" / "defaults").glob("*.yaml"))
 SCHEMAS = {"train": TrainConfig, "analyze": AnalyzeConfig, "plot": PlotConfig, "report": ReportConfig,
-           "dataset": DatasetConfig, "model": ModelConfig, "optimizer": OptimizerConfig}
+           "measure": MeasureConfig, "dataset": DatasetConfig, "model": ModelConfig, "optimizer": OptimizerConfig}
 
 
 @pytest.mark.parametrize("path", DEFAULTS, ids=[p.stem for p in DEFAULTS])
@@ -50,7 +51,7 @@ def flat(node: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
-YAML_FILES = [CONF / f"{c}.yaml" for c in ("train", "analyze", "plot", "report")] + sorted(
+YAML_FILES = [CONF / f"{c}.yaml" for c in ("train", "analyze", "plot", "report", "measure")] + sorted(
     p for group in ("dataset", "model", "optimizer") for p in (CONF / group).glob("*.yaml"))
 
 

@@ -291,7 +291,7 @@ CASES = {
                                     ["config_resolved.yaml"]),
     "train/resume-summary-damaged": ("train", "run", SUMMARY, truncate, RESUME,
                                      ["summary.json"]),
-    "train/resume-log-damaged": ("train", "run", LOG, append("x,1\n"), RESUME,
+    "train/resume-log-damaged": ("train", "run", LOG, append("x,1,1,1,1,1,1\n"), RESUME,
                                  ["train_log.csv"]),
     "train/run-dir-read-only": ("train", "run", ".", errno.EROFS, ["hydra.run.dir={run}/new", *TINY],
                                 ["hydra.run.dir", "not writable"]),

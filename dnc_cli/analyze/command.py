@@ -128,7 +128,7 @@ def analyze(acfg: AnalyzeConfig) -> tuple[list[str], dict[Path, str], bool]:
     tables; `tables_only` writes the sweep tables alone. Returns (skipped checkpoints, {run: error}, whether this
     process reports them: rank 0)."""
     with process_group(acfg.distributed.timeout_s, resolve_device(acfg.device)) as device:
-        runs, sweeps = find_runs_and_sweeps(acfg.run_dir)
+        runs, sweeps = find_runs_and_sweeps(acfg.run_dir, skip_measured=True)
         acfg = check_ranks(acfg, runs)
         if acfg.tables_only:  # the final step after a job array: what each run lacks comes from its files
             problems, errors = [], jobs.unanalysed_errors(runs, acfg.epochs, Path(acfg.run_dir))
@@ -154,7 +154,7 @@ def launch(args: list[str], overrides: list[str]) -> bool:
     try:
         if launched_as_ranks():
             raise UsageError("hydra/launcher= and torchrun do not mix: launch the jobs from one process")
-        runs, _ = find_runs_and_sweeps(run_dir)
+        runs, _ = find_runs_and_sweeps(run_dir, skip_measured=True)
     except UsageError as exc:
         fail("analyze", str(exc))
     sys.argv = ["dnc analyze", *jobs.job_arguments(args, runs, run_dir)]

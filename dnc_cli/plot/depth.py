@@ -30,7 +30,10 @@ CHECKPOINT_COLOURS = {"init": "0.6", "TPT": "tab:red", "final": "tab:blue"}
 
 
 def key_checkpoints(epochs: list[int], tpt_epoch: int | None) -> dict[int, str]:
-    """{epoch: label} for the first, the first at or after TPT and the last analysed epoch (merged)."""
+    """{epoch: label} for the first, the first at or after TPT and the last analysed epoch (merged). A single
+    epoch (one checkpoint analysed, or a `dnc measure` of a model) is the final one, not an initialisation."""
+    if len(epochs) == 1:
+        return {epochs[0]: "final"}
     chosen: dict[int, list[str]] = {}
     chosen.setdefault(epochs[0], []).append("init")
     after_tpt = [e for e in epochs if tpt_epoch is not None and e >= tpt_epoch]

@@ -22,12 +22,14 @@ from dnc_cli.runs import (
     LAST_CHECKPOINT,
     RFM_LOG_FILE,
     SUMMARY_FILE,
+    append_line,
     checkpoint_path,
     load_tensors,
     read_json,
     save_atomic,
     truncate_log,
     write_json,
+    write_text,
 )
 from dnc_cli.train.lifecycle import start_run
 
@@ -58,7 +60,7 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
         log.info("resuming %s after layer %d", run_dir, len(done))
     else:
         summary = start_run(cfg, plain, data, run_dir)
-        log_path.write_text("layer,train_acc,test_acc,nc1_trace,elapsed_s\n")
+        write_text(log_path, "layer,train_acc,test_acc,nc1_trace,elapsed_s\n")
         done = []
     write_json(summary_path, summary)
     fitted = list(done)
@@ -68,8 +70,7 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
 
     def on_layer(layer, record, elapsed, x_layer):
         nc1 = nc_of(x_layer, labels, data.num_classes)["nc1_trace"]
-        with open(log_path, "a") as f:
-            f.write(f"{layer},{record.train_acc:.6g},{record.test_acc:.6g},{nc1:.6g},{elapsed:.3f}\n")
+        append_line(log_path, f"{layer},{record.train_acc:.6g},{record.test_acc:.6g},{nc1:.6g},{elapsed:.3f}")
         log.info("layer %d: kernel train_acc %.4f test_acc %.4f, NC1 of X_l %.3g (%.1f s)", layer, record.train_acc,
                  record.test_acc, nc1, elapsed)
         fitted.append(record)

@@ -26,6 +26,7 @@ from dnc_cli.runs import (
     LAST_CHECKPOINT,
     SUMMARY_FILE,
     TRAIN_LOG_FILE,
+    append_line,
     atomic_path,
     checkpoint_name,
     load_tensors,
@@ -132,9 +133,7 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
     def record(epoch, metrics, checkpoint: bool):
         nonlocal summary
         row = (epoch, *metrics, optimizer.param_groups[0]["lr"], elapsed0 + time.perf_counter() - start)
-        with open(log_path, "a") as f:
-            f.write(",".join(f"{v:.8g}" if isinstance(v, float) else str(v) for v in row) + "\n")
-            f.flush()
+        append_line(log_path, ",".join(f"{v:.8g}" if isinstance(v, float) else str(v) for v in row))
         if checkpoint:
             save_atomic({"model": model.state_dict(), "epoch": epoch, "config": plain, "layers": model.describe(),
                    "metrics": dict(zip(LOG_COLUMNS[1:5], metrics))}, ckpt_dir / checkpoint_name(epoch))

@@ -1,0 +1,126 @@
+"""`dnc measure`: the tables of `dnc analyze` for a model saved on disk, or for saved embeddings, in the run layout
+that `dnc plot` and `dnc report` read (dnc_cli/measure/outputs.py).
+
+    dnc measure model=resnet18 weights=net.pt dataset=digits layers=[layer4,fc] out_dir=runs/resnet
+    dnc measure model=mypkg.nets:build +model.kwargs.width=256 dataset=cifar10 dataset.root=data out_dir=runs/mine
+    dnc measure features=embeddings.npz out_dir=runs/embeddings
+
+The model comes from dnc_cli/measure/loading.py, the measurement from dnc_cli/measure/api.py (a model) or
+dnc_cli/measure/features.py (embeddings).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from dnc_cli.config import FAMILIES, SPLITS, MeasureConfig, to_object, validate_dataset
+from dnc_cli.data import load_dataset
+from dnc_cli.devices import resolve_device, validate_device
+from dnc_cli.errors import UsageError, fail
+from dnc_cli.measure.api import run_measure
+from dnc_cli.measure.features import default_num_classes, load_embeddings, measure_embeddings
+from dnc_cli.measure.loading import ImageBatches, build_model, load_weights
+from dnc_cli.measure.outputs import write_outputs
+from dnc_cli.runs import CONFIG_FILE, MEASURE_COMMAND, ensure_writable_dir, is_measure_run
+
+# `model=X` means model.name=X: conf/model is dnc train's config group, so Hydra would take X for one of its files
+SHORTHANDS = {"model": "model.name"}
+POOLS = {"none": None, "avg": "avg"}  # pool= -> measure(pool=...)
+
+
+def check(cfg: DictConfig) -> MeasureConfig:
+    """The composed config as a validated MeasureConfig (no model is built here)."""
+    mcfg = to_object(cfg, MeasureConfig)
+    has_model, has_features = mcfg.model.name is not None, mcfg.features is not None
+    if has_model == has_features:
+        raise UsageError("give model=<python.path:factory or torchvision name> (with dataset=) or "
+                         "features=<embeddings file>, " + ("not both" if has_model else "one of them"))
+    if has_features and mcfg.weights is not None:
+        raise UsageError("weights= goes with model=, not with features=")
+    for key, path in (("weights", mcfg.weights), ("features", mcfg.features)):
+        if path is not None and not Path(path).is_file():
+            raise UsageError(f"{key}={path} does not exist")
+    for family in mcfg.families:
+        if family not in FAMILIES:
+            raise UsageError(f"families contains '{family}'; valid: {', '.join(FAMILIES)}")
+    if not mcfg.families:
+        raise UsageError(f"families=[] is empty; valid: {', '.join(FAMILIES)}")
+    if has_model:  # the dataset's splits (an embeddings file may name its splits as it likes)
+        validate_dataset(mcfg.dataset)
+        for split in mcfg.splits:
+            if split not in SPLITS:
+                raise UsageError(f"splits contains '{split}'; valid: {', '.join(SPLITS)}")
+    if not mcfg.splits:
+        raise UsageError("splits=[] is empty")
+    if mcfg.pool not in POOLS:
+        raise UsageError(f"pool={mcfg.pool} is not a pooling; valid: {', '.join(POOLS)}")
+    if any(not p > 0 for p in mcfg.nfa_powers):
+        raise UsageError(f"nfa_powers={mcfg.nfa_powers} must be positive")
+    if mcfg.num_classes is not None and mcfg.num_classes < 2:
+        raise UsageError(f"num_classes={mcfg.num_classes} must be >= 2")
+    if mcfg.model.resize is not None and mcfg.model.resize < 1:
+        raise UsageError(f"model.resize={mcfg.model.resize} must be a positive size")
+    for key, value, low in (("batch_size", mcfg.batch_size, 1), ("gram_samples_per_class",
+                                                                  mcfg.gram_samples_per_class, 0)):
+        if value < low:
+            raise UsageError(f"{key}={value} must be >= {low}")
+    validate_device(mcfg.device)
+    out_dir = Path(mcfg.out_dir)
+    ensure_writable_dir(out_dir, "out_dir")
+    if (out_dir / CONFIG_FILE).is_file() and not is_measure_run(out_dir):
+        raise UsageError(f"out_dir={out_dir} holds a dnc train run; measure into another folder")
+    return mcfg
+
+
+def measure_model(mcfg: MeasureConfig):
+    """(Measured, summary facts) for model= and dataset=."""
+    data = load_dataset(mcfg.dataset, mcfg.seed)
+    num_classes = mcfg.num_classes or data.num_classes
+    channels = data.train.x.shape[1] if data.train.x.ndim == 4 else None
+    model = build_model(mcfg.model, num_classes, channels)
+    if mcfg.weights is not None:
+        load_weights(model, mcfg.weights, mcfg.model.name)
+    splits = {split: ImageBatches(getattr(data, split).x, getattr(data, split).labels, mcfg.batch_size,
+                                  mcfg.model.resize) for split in mcfg.splits}
+    measured = run_measure(model, num_classes=num_classes, layers=mcfg.layers, families=mcfg.families, splits=splits,
+                           pool=POOLS[mcfg.pool], nfa_powers=mcfg.nfa_powers, output=mcfg.output,
+                           device=resolve_device(mcfg.device), dtype=mcfg.precision.value, epoch=mcfg.epoch,
+                           global_mean=mcfg.nc1.global_mean.value, official_scaling=mcfg.nc1.official_scaling,
+                           progress=mcfg.progress, gram_samples_per_class=mcfg.gram_samples_per_class)
+    facts = {"model": mcfg.model.name, "weights": mcfg.weights, "dataset": mcfg.dataset.name.value,
+             "num_classes": num_classes, "classifier": measured.classifier}
+    return measured, facts
+
+
+def measure_features(mcfg: MeasureConfig):
+    """(Measured, summary facts) for features=."""
+    embeddings = load_embeddings(mcfg.features)
+    splits = None if mcfg.splits == list(SPLITS) else mcfg.splits  # the default: whatever splits the file has
+    measured = measure_embeddings(embeddings, mcfg.num_classes, splits=splits, global_mean=mcfg.nc1.global_mean.value,
+                                  official_scaling=mcfg.nc1.official_scaling, device=resolve_device(mcfg.device),
+                                  epoch=mcfg.epoch, gram_samples_per_class=mcfg.gram_samples_per_class)
+    num_classes = mcfg.num_classes or default_num_classes(embeddings.labels)
+    facts = {"model": "embeddings", "features": mcfg.features, "num_classes": num_classes}
+    return measured, facts
+
+
+@hydra.main(version_base="1.3", config_path="pkg://dnc_cli.conf", config_name="measure")
+def main(cfg: DictConfig) -> None:
+    try:
+        mcfg = check(cfg)
+        measured, facts = measure_model(mcfg) if mcfg.model.name is not None else measure_features(mcfg)
+        out_dir = Path(mcfg.out_dir)
+        summary = write_outputs(out_dir, mcfg, measured, facts)
+    except UsageError as exc:
+        fail(MEASURE_COMMAND, str(exc))
+    except KeyboardInterrupt:
+        print("dnc measure: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    layers = ", ".join(f"{number}={module}" for number, module in summary["layers"].items())
+    print(f"{out_dir}/analysis/metrics.csv: layers {layers}; splits "
+          f"{', '.join(f'{s} ({n})' for s, n in summary['splits'].items())}")
+    print(f"figures: dnc plot run_dir={out_dir}")

@@ -1,0 +1,105 @@
+"""The statistics `measure` accumulates per split: the two streaming sweeps' accumulators of every representation
+(`SplitStats`: PAPER.md, "The four neural-collapse metrics", with dnc_cli/metrics/collapse.py's ClassMeans and
+NeuralCollapse), and a class-stratified feature sample for `dnc plot`'s Gram figure (`GramSample`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from dnc_cli.errors import UsageError
+from dnc_cli.metrics.collapse import ClassMeans, ClassMeansResult, NeuralCollapse
+
+
+class SplitStats:
+    """The two sweeps' accumulators of one split, per representation key (layer, stage): ClassMeans in sweep 1,
+    then, given the class means, NeuralCollapse in sweep 2."""
+
+    def __init__(self, split: str, num_classes: int, global_mean: str, official_scaling: bool):
+        self.split, self.num_classes = split, num_classes
+        self.global_mean, self.official_scaling = global_mean, official_scaling
+        self.mean_sums: dict = {}
+        self.means: dict[tuple[int, str], ClassMeansResult] = {}
+        self.collapse: dict = {}
+
+    def add_means(self, key, features: torch.Tensor, labels: torch.Tensor) -> None:
+        self.mean_sums.setdefault(key, ClassMeans(self.num_classes)).update(features, labels)
+
+    def finish_means(self) -> None:
+        self.means = {key: acc.compute() for key, acc in self.mean_sums.items()}
+
+    def start_collapse(self) -> None:
+        try:
+            self.collapse = {key: NeuralCollapse(means, global_mean=self.global_mean,
+                                                 official_scaling=self.official_scaling)
+                             for key, means in self.means.items()}
+        except ValueError as exc:  # fewer than 2 classes present
+            raise UsageError(f"split '{self.split}': {exc}") from None
+
+    def add_collapse(self, key, features: torch.Tensor, labels: torch.Tensor, predictions) -> None:
+        accumulator = self.collapse.get(key)
+        if accumulator is not None:
+            accumulator.update(features, labels, predictions)
+
+    def results(self) -> dict[tuple[int, str], dict[str, float]]:
+        try:
+            return {key: acc.compute() for key, acc in self.collapse.items()}
+        except ValueError as exc:  # the sweeps saw different data
+            raise UsageError(f"split '{self.split}': {exc}") from None
+
+
+def transformed_means(result: ClassMeansResult, matrix: torch.Tensor) -> ClassMeansResult:
+    """Class means of h @ matrixᵀ along the last dim of h's positions (m = P·d -> P·r): the means of the `right` and
+    `agop` stages from those of `input` without a sweep (means commute with linear maps; ClassMeansResult.transformed,
+    per position)."""
+    matrix = matrix.to(device=result.means.device, dtype=torch.float64)
+    num_classes = result.means.shape[0]
+    means = (result.means.reshape(num_classes, -1, matrix.shape[1]) @ matrix.T).reshape(num_classes, -1)
+    return dataclasses.replace(result, means=means, counts=result.counts.clone())
+
+
+class GramSample:
+    """The first `per_class` samples of each class of a split, and every layer's features of them: the samples of
+    `dnc plot`'s Gram figure (analysis/gram_epoch_<epoch>_train.npz). Per batch: `choose(labels)`, then `add`."""
+
+    def __init__(self, num_classes: int, per_class: int):
+        self.per_class = per_class
+        self.counts = torch.zeros(num_classes, dtype=torch.int64)
+        self.labels: list[torch.Tensor] = []
+        self.rows: dict[int, list[torch.Tensor]] = {}
+        self.chosen: torch.Tensor | None = None
+
+    def choose(self, labels: torch.Tensor) -> None:
+        """This batch's rows to keep: those of classes with fewer than `per_class` samples so far."""
+        take = []
+        if not bool((self.counts >= self.per_class).all()):
+            cpu_labels = labels.cpu()
+            for row, label in enumerate(cpu_labels.tolist()):
+                if self.counts[label] < self.per_class:
+                    self.counts[label] += 1
+                    take.append(row)
+            self.labels.append(cpu_labels[take])
+        self.chosen = torch.tensor(take, dtype=torch.int64, device=labels.device)
+
+    def add(self, layer: int, features: torch.Tensor) -> None:
+        if self.chosen is not None and len(self.chosen):
+            self.rows.setdefault(layer, []).append(features[self.chosen].float().cpu())
+
+    def arrays(self) -> dict:
+        """{"labels": (n,), "layer_<l>": (n, ≤ n)} as numpy arrays; {} when nothing was sampled."""
+        if not self.rows:
+            return {}
+        return {"labels": torch.cat(self.labels).numpy(),
+                **{f"layer_{layer}": gram_sample(torch.cat(chunks)) for layer, chunks in self.rows.items()}}
+
+
+def gram_sample(sample: torch.Tensor):
+    """A feature sample X (n x m) for `dnc plot`'s Gram figure as X V (n x min(n, m)), V the right singular vectors
+    of X: X V Vᵀ = X, so the Gram matrix of the rows, also after centring them, is unchanged (float32 numpy)."""
+    sample = sample.to(torch.float64)
+    if sample.shape[1] > sample.shape[0]:
+        _, _, vh = torch.linalg.svd(sample, full_matrices=False)
+        sample = sample @ vh.T
+    return sample.float().cpu().numpy()
