@@ -90,3 +90,16 @@ def test_pearson_and_nfa_correlation_against_numpy():
     # the NFA holds exactly when AGOP^(1/2) is proportional to W^T W
     gram = weight.T @ weight
     assert nfa_correlation(weight, psd_power(4.0 * gram @ gram, 0.5)) == pytest.approx(1.0)
+
+
+def test_psd_power_counts_eigenvalues_below_the_rounding_floor_as_zero():
+    """A PSD matrix with eigenvalues 4, 1, 1/4 and three at the rounding level (1e-19, 0, -1e-18 times λ_max): its
+    square root is the one of the three real eigenvalues alone. Rounding-level eigenvalues come out of eigh at
+    ~ε·λ_max, and their square roots (~1e-8) would otherwise depend on the order of the additions behind the matrix."""
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64, generator=g))
+    matrix = (q * torch.tensor([4.0, 1.0, 0.25, 4e-19, 0.0, -4e-18], dtype=torch.float64)) @ q.T
+    expected = (q * torch.tensor([2.0, 1.0, 0.5, 0.0, 0.0, 0.0], dtype=torch.float64)) @ q.T
+    assert torch.allclose(psd_power(matrix, 0.5), expected, rtol=0, atol=1e-13)
+    assert torch.allclose(psd_power(matrix, 1.0), (q * torch.tensor([4.0, 1.0, 0.25, 0, 0, 0],
+                                                                    dtype=torch.float64)) @ q.T, rtol=0, atol=1e-13)

@@ -139,13 +139,18 @@ def psd_eigh(matrix: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def psd_power(matrix: Tensor, alpha: float, eigh: tuple[Tensor, Tensor] | None = None) -> Tensor:
-    """matrix^alpha (float64) for a symmetric PSD matrix, via eigh; negative eigenvalues (rounding noise of
-    an AGOP accumulated in floating point) are clamped to 0. alpha >= 0 (0 gives the identity). `eigh`: the
-    matrix's `psd_eigh`, when several powers of one matrix are needed (one decomposition serves them all)."""
+    """matrix^alpha (float64) for a symmetric PSD matrix, via eigh. Eigenvalues at or below the rounding floor
+    m·ε·λ_max (the cut-off of torch.linalg.pinv and of Σ_B^† in collapse.py) are set by the order of the float64
+    additions that accumulated the matrix, not by the data, and their α-th power for α < 1 magnifies that noise
+    (λ = 1e-18 λ_max gives 1e-9 at α = ½): they count as 0, so that AGOP^α does not depend on the batch size or on
+    how the samples were split over processes. alpha >= 0 (0 gives the identity). `eigh`: the matrix's
+    `psd_eigh`, when several powers of one matrix are needed (one decomposition serves them all)."""
     if alpha < 0:
         raise ValueError(f"psd_power needs alpha >= 0, got {alpha}")
     eigenvalues, eigenvectors = psd_eigh(matrix) if eigh is None else eigh
-    return (eigenvectors * eigenvalues.clamp_min(0.0) ** alpha) @ eigenvectors.T
+    floor = eigenvalues.abs().max() * len(eigenvalues) * torch.finfo(torch.float64).eps
+    kept = torch.where(eigenvalues > floor, eigenvalues, 0.0)
+    return (eigenvectors * kept ** alpha) @ eigenvectors.T
 
 
 def pearson(a: Tensor, b: Tensor) -> float:
