@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from dnc_cli.plot.style import (
+    MIN_WIDTH,
     NC1_LABELS,
     NC2_LABEL,
     NC3_LABEL,
@@ -111,7 +112,7 @@ def fig_svd_nc1(metrics: pd.DataFrame, tpt_epoch: int | None = None, nc1_form: s
     stages = [stage for stage in SVD_STAGES if stage in set(rows["stage"])]
 
     n_rows, n_cols = grid_shape(len(layers))
-    fig = Figure(figsize=(3.1 * n_cols + 0.6, 2.9 * n_rows + 0.9), layout="constrained")
+    fig = Figure(figsize=(max(3.1 * n_cols + 0.6, MIN_WIDTH), 2.9 * n_rows + 0.9), layout="constrained")
     axes = fig.subplots(n_rows, n_cols, sharex=True, sharey=True, squeeze=False).ravel()
     for ax in axes[len(layers):]:
         fig.delaxes(ax)

@@ -7,6 +7,7 @@ backend, no global figure registry. Imports no torch.
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -23,6 +24,8 @@ from dnc_cli.tables import COLUMNS
 
 BAND_COLUMNS = ["std", "n"]  # a sweep aggregate's spread over seeds (dnc_cli/analyze/sweeps.py)
 BAND_ALPHA = 0.2
+MIN_WIDTH = 6.5  # inches: a figure of one panel still has room for its legend row
+TITLE_CHARS_PER_INCH = 9  # a suptitle's characters per inch of figure width, at the default font size
 
 # axis labels: what each metric is, by its definition (mathtext, so every glyph exists in the default font)
 NC1_LABELS = {
@@ -194,7 +197,11 @@ def spread(items: list, at_most: int) -> list:
 
 def save(fig: Figure, path_stem: Path, formats: tuple[str, ...], dpi: int, stage: Staging) -> list[Path]:
     """Write each format into `stage` (the figure set is renamed into place together: dnc_cli/runs.py
-    `staged_files`); no timestamps in the metadata, so equal inputs give equal bytes."""
+    `staged_files`); no timestamps in the metadata, so equal inputs give equal bytes. A title wider than the figure
+    (one panel: a single layer measured) is wrapped, since constrained layout does not widen the figure for it."""
+    title = fig.get_suptitle()
+    if title:
+        fig.suptitle(textwrap.fill(title, int(fig.get_figwidth() * TITLE_CHARS_PER_INCH)))
     written = []
     for fmt in formats:
         path = path_stem.with_suffix(f".{fmt}")
