@@ -282,7 +282,7 @@ class MeasureConfig:
     weights: str | None = None  # a state_dict file (torch.load weights_only=True; a dnc checkpoint's "model" too)
     features: str | None = None  # an embeddings file (.npz, .pt, .parquet) instead of a model
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    seed: int = 0  # the dataset's random labels, if any
+    seed: int = 0  # the dataset's random labels, if any, and the model's initial weights (before weights=)
     num_classes: int | None = None  # default: the dataset's (embeddings: max label + 1)
     layers: list[str] | None = None  # module names or globs; null: every nn.Linear
     families: list[str] = field(default_factory=lambda: list(FAMILIES))
@@ -295,8 +295,9 @@ class MeasureConfig:
     device: str = "auto"
     precision: Precision = Precision.float32
     epoch: int = 0  # the `epoch` column; measuring the same out_dir at another epoch adds to its table
-    gram_samples_per_class: int = 30
+    gram_samples_per_class: int = 30  # under torchrun: from rank 0's shard of the train split
     progress: bool = True
+    distributed: DistributedOptions = field(default_factory=DistributedOptions)
 
 
 cs = ConfigStore.instance()

@@ -22,6 +22,9 @@ is ∇f_c(x_i)). Gradient products are formed in the model's dtype and summed in
 
   C_in·kh·kw square like W_matᵀ W_mat, the filters' Gram it is compared with. Normalisation: summed over the
   locations p, averaged over the N samples (a scale the NFA correlation does not see).
+
+Both the Gram and the sample count are sums over samples: under torchrun the ranks' are added (`sum_states`,
+dnc_cli/distributed.py's sync_all) before `compute`.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ class LayerAGOP:
             raise ValueError(f"no AGOP for a {type(module).__name__}")
         dim = self.filters.shape[1] if self.wrt == "input" else self.filters.shape[0]
         self.gram = torch.zeros(dim, dim, dtype=torch.float64, device=weight.device)
-        self.num_samples = 0
+        self.num_samples = torch.zeros((), dtype=torch.int64, device=weight.device)
         self.influences_output = True
 
     def rows(self, grad: torch.Tensor) -> torch.Tensor:
@@ -69,9 +72,13 @@ class LayerAGOP:
     def add_samples(self, count: int) -> None:
         self.num_samples += count
 
+    def sum_states(self) -> list[torch.Tensor]:
+        """The state, all sums: the gradient Gram (float64) and the sample count (int64, 0-d)."""
+        return [self.gram, self.num_samples]
+
     def compute(self) -> torch.Tensor:
         """The AGOP w.r.t. the layer's input (Linear) or input patch (Conv2d): m_in (C_in·kh·kw) square, float64."""
-        gram = self.gram / max(self.num_samples, 1)
+        gram = self.gram / max(int(self.num_samples), 1)
         return gram if self.wrt == "input" else sandwich(self.filters, gram)
 
     def weight_matrix(self) -> torch.Tensor:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from dnc_cli.config import FAMILIES
+from dnc_cli.distributed import require_agreement, world_size
 from dnc_cli.errors import UsageError
 from dnc_cli.measure.hooks import POOLS, select_layers
 from dnc_cli.measure.inputs import PreparedModel, device_and_dtype, named_splits
@@ -56,6 +57,15 @@ def measure(model: nn.Module, data=None, num_classes: int | None = None, *, laye
     global_mean, official_scaling  as `dnc analyze`'s nc1.* options (PAPER.md, Notation and NC1).
     progress     a progress bar per sweep (on a terminal only).
 
+    Under torchrun (a process group initialised on every rank, dnc_cli/distributed.py: README, "Scaling out")
+    call `measure` with the same arguments on every rank (the same model: load its weights or seed its
+    initialisation; ranks whose weights differ raise dnc_cli.distributed.RanksDisagree): each rank measures its
+    part of every split and the ranks add their sums, so every rank returns one process's table. An (x, y) pair
+    of tensors is split into the ranks' shards (each sample measured once, N >= #ranks); a DataLoader is iterated
+    whole by every rank, which measures the batches i with i % #ranks == rank (it needs a len() of at least #ranks
+    batches; every rank loads every batch, so for expensive loading give each rank a loader of its own part and
+    use `run_measure(sharded=True)`).
+
     NC3 is reported for the representations the final classifier reads (the last nn.Linear with num_classes
     outputs to run), NC4 when the outputs have num_classes columns; without them there are no nc3 / nc4 rows (a
     warning says so). Bad input (a pattern matching no module, a module output that is not a tensor, labels >=
@@ -82,14 +92,18 @@ class Measured:
 def run_measure(model, data=None, num_classes=None, *, layers=None, families=FAMILIES, splits=None, pool=None,
                 nfa_powers=(0.5, 1.0), output=None, device=None, dtype=None, epoch=None, batch_size=256,
                 global_mean="unweighted", official_scaling=False, progress=True, gram_samples_per_class: int = 0,
-                ) -> Measured:
+                sharded: bool = False) -> Measured:
     """`measure` with what `dnc measure` writes besides the table: the layers' descriptions and a class-stratified
     feature sample of every layer for `dnc plot`'s Gram figure (its first `gram_samples_per_class` samples of each
-    class in the train split, reduced to at most n columns with the same Gram matrix)."""
+    class in the train split, reduced to at most n columns with the same Gram matrix; under torchrun, of this
+    rank's part of the split). `sharded`: under torchrun, the data each rank is given is its own part already
+    (`dnc measure` shards its dataset), to be measured whole."""
     options = Options.checked(num_classes, families, pool, nfa_powers, global_mean, official_scaling, batch_size,
                               output, progress)
-    sources = named_splits(data, splits, batch_size)
+    sources = named_splits(data, splits, batch_size, sharded)
     selected = select_layers(model, layers)
+    if world_size() > 1:  # under torchrun: ranks that built the model from unseeded randomness measure other models
+        require_agreement("the model's weights", [float(t.double().sum()) for t in model.state_dict().values()])
     run_device, run_dtype = device_and_dtype(model, device, dtype)
     with PreparedModel(model, run_device, run_dtype):
         session = Session(model, selected, options, run_device, run_dtype)

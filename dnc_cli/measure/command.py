@@ -7,19 +7,26 @@ that `dnc plot` and `dnc report` read (dnc_cli/measure/outputs.py).
 
 The model comes from dnc_cli/measure/loading.py, the measurement from dnc_cli/measure/api.py (a model) or
 dnc_cli/measure/features.py (embeddings).
+
+Under `torchrun --nproc_per_node=P -m dnc_cli measure ...` (README, "Scaling out") every rank measures its shard of
+each split, the ranks add their sums (dnc_cli/distributed.py), and rank 0 alone writes out_dir.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import sys
 from pathlib import Path
 
 import hydra
+import torch
 from omegaconf import DictConfig
 
-from dnc_cli.config import FAMILIES, SPLITS, MeasureConfig, to_object, validate_dataset
+from dnc_cli.config import FAMILIES, SPLITS, MeasureConfig, to_object, to_plain, validate_dataset
 from dnc_cli.data import load_dataset
 from dnc_cli.devices import resolve_device, validate_device
+from dnc_cli.distributed import GroupBroken, is_writer, launched_as_ranks, process_group, require_agreement, shard
 from dnc_cli.errors import UsageError, fail
 from dnc_cli.measure.api import run_measure
 from dnc_cli.measure.features import default_num_classes, load_embeddings, measure_embeddings
@@ -69,6 +76,8 @@ def check(cfg: DictConfig) -> MeasureConfig:
         if value < low:
             raise UsageError(f"{key}={value} must be >= {low}")
     validate_device(mcfg.device)
+    if not mcfg.distributed.timeout_s > 0:
+        raise UsageError(f"distributed.timeout_s={mcfg.distributed.timeout_s} must be > 0")
     out_dir = Path(mcfg.out_dir)
     ensure_writable_dir(out_dir, "out_dir")
     if (out_dir / CONFIG_FILE).is_file() and not is_measure_run(out_dir):
@@ -76,32 +85,53 @@ def check(cfg: DictConfig) -> MeasureConfig:
     return mcfg
 
 
-def measure_model(mcfg: MeasureConfig):
-    """(Measured, summary facts) for model= and dataset=."""
+def check_ranks(mcfg: MeasureConfig) -> MeasureConfig:
+    """Under torchrun: refuse, before any work, ranks given other options or other files (out_dir aside: rank 0
+    alone writes); quieten the ranks that do not write (no progress bar, errors only). One process: mcfg as it is."""
+    if not launched_as_ranks():
+        return mcfg
+    options = {key: value for key, value in to_plain(mcfg).items() if key not in ("out_dir", "progress")}
+    inputs = {key: [str(Path(path).resolve()), Path(path).stat().st_size]
+              for key, path in (("weights", mcfg.weights), ("features", mcfg.features)) if path is not None}
+    require_agreement("the options and the inputs", options, inputs)
+    if is_writer():
+        return mcfg
+    logging.getLogger().setLevel(logging.ERROR)
+    return dataclasses.replace(mcfg, progress=False)
+
+
+def measure_model(mcfg: MeasureConfig, device=None):
+    """(Measured, summary facts) for model= and dataset=; under torchrun, of this rank's shard of each split."""
     data = load_dataset(mcfg.dataset, mcfg.seed)
     num_classes = mcfg.num_classes or data.num_classes
     channels = data.train.x.shape[1] if data.train.x.ndim == 4 else None
+    torch.manual_seed(mcfg.seed)  # the same initial weights in every process (before weights=), every rank's too
     model = build_model(mcfg.model, num_classes, channels)
     if mcfg.weights is not None:
         load_weights(model, mcfg.weights, mcfg.model.name)
-    splits = {split: ImageBatches(getattr(data, split).x, getattr(data, split).labels, mcfg.batch_size,
-                                  mcfg.model.resize) for split in mcfg.splits}
+    splits = {}
+    for split in mcfg.splits:
+        x, labels = getattr(data, split).x, getattr(data, split).labels
+        index = shard(len(labels))  # this rank's samples (all of them in one process)
+        splits[split] = ImageBatches(x[index], labels[index], mcfg.batch_size, mcfg.model.resize)
     measured = run_measure(model, num_classes=num_classes, layers=mcfg.layers, families=mcfg.families, splits=splits,
                            pool=POOLS[mcfg.pool], nfa_powers=mcfg.nfa_powers, output=mcfg.output,
-                           device=resolve_device(mcfg.device), dtype=mcfg.precision.value, epoch=mcfg.epoch,
-                           global_mean=mcfg.nc1.global_mean.value, official_scaling=mcfg.nc1.official_scaling,
-                           progress=mcfg.progress, gram_samples_per_class=mcfg.gram_samples_per_class)
+                           device=device or resolve_device(mcfg.device), dtype=mcfg.precision.value,
+                           epoch=mcfg.epoch, global_mean=mcfg.nc1.global_mean.value,
+                           official_scaling=mcfg.nc1.official_scaling, progress=mcfg.progress,
+                           gram_samples_per_class=mcfg.gram_samples_per_class, sharded=True)
     facts = {"model": mcfg.model.name, "weights": mcfg.weights, "dataset": mcfg.dataset.name.value,
              "num_classes": num_classes, "classifier": measured.classifier}
     return measured, facts
 
 
-def measure_features(mcfg: MeasureConfig):
-    """(Measured, summary facts) for features=."""
+def measure_features(mcfg: MeasureConfig, device=None):
+    """(Measured, summary facts) for features=; under torchrun, of this rank's shard of each split."""
     embeddings = load_embeddings(mcfg.features)
     splits = None if mcfg.splits == list(SPLITS) else mcfg.splits  # the default: whatever splits the file has
     measured = measure_embeddings(embeddings, mcfg.num_classes, splits=splits, global_mean=mcfg.nc1.global_mean.value,
-                                  official_scaling=mcfg.nc1.official_scaling, device=resolve_device(mcfg.device),
+                                  official_scaling=mcfg.nc1.official_scaling,
+                                  device=device or resolve_device(mcfg.device),
                                   epoch=mcfg.epoch, gram_samples_per_class=mcfg.gram_samples_per_class)
     num_classes = mcfg.num_classes or default_num_classes(embeddings.labels)
     facts = {"model": "embeddings", "features": mcfg.features, "num_classes": num_classes}
@@ -112,14 +142,18 @@ def measure_features(mcfg: MeasureConfig):
 def main(cfg: DictConfig) -> None:
     try:
         mcfg = check(cfg)
-        measured, facts = measure_model(mcfg) if mcfg.model.name is not None else measure_features(mcfg)
-        out_dir = Path(mcfg.out_dir)
-        summary = write_outputs(out_dir, mcfg, measured, facts)
-    except UsageError as exc:
+        with process_group(mcfg.distributed.timeout_s, resolve_device(mcfg.device)) as device:
+            mcfg = check_ranks(mcfg)
+            measured, facts = (measure_model if mcfg.model.name is not None else measure_features)(mcfg, device)
+            out_dir = Path(mcfg.out_dir)
+            summary = write_outputs(out_dir, mcfg, measured, facts) if is_writer() else None  # rank 0 writes
+    except (UsageError, GroupBroken) as exc:
         fail(MEASURE_COMMAND, str(exc))
     except KeyboardInterrupt:
         print("dnc measure: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+    if summary is None:
+        return
     layers = ", ".join(f"{number}={module}" for number, module in summary["layers"].items())
     print(f"{out_dir}/analysis/metrics.csv: layers {layers}; splits "
           f"{', '.join(f'{s} ({n})' for s, n in summary['splits'].items())}")

@@ -11,6 +11,9 @@ File formats (the names of the arrays / columns; the first one present is used):
 
 The embeddings are layer 1 of the table (module `embeddings`), family nc only: without weights there is nothing
 to decompose and no AGOP.
+
+Under torchrun every rank reads the whole file and measures its shard of each split (dnc_cli/distributed.py); the
+Gram figure's sample is then from this rank's shard.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dnc_cli.distributed import shard
 from dnc_cli.errors import UsageError, need, reading
 from dnc_cli.measure.api import Measured, as_table
 from dnc_cli.measure.inputs import TRAIN_SPLIT, check_labels
@@ -172,6 +176,7 @@ def measure_embeddings(embeddings: Embeddings, num_classes: int | None = None, *
     for split in wanted:
         index = torch.from_numpy(np.flatnonzero(split_of == split))
         sizes[split] = len(index)
+        index = index[shard(len(index))]  # this rank's samples (all of them in one process)
         stats = SplitStats(split, num_classes, global_mean, official_scaling)
         blocks = [index[i:i + batch_size] for i in range(0, len(index), batch_size)]
         key = (1, "")

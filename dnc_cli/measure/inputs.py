@@ -2,6 +2,11 @@
 the device and dtype, and the model, prepared for the measurement and afterwards left as it was found.
 
 Every bad input raises UsageError with a one-line message (dnc_cli/errors.py).
+
+Under torchrun (an initialised process group, dnc_cli/distributed.py) every rank is given the same data and measures
+its part: an (x, y) pair of tensors is cut into the ranks' shards (`shard`: every sample in exactly one), a
+re-iterable of batches (a DataLoader) is read by every rank, which measures the batches i with i % P == rank, so it
+must have len() >= P batches. A caller that gives each rank its own part already says `sharded=True`.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import torch
 from torch import nn
 
 from dnc_cli.config import SPLITS, Precision
+from dnc_cli.distributed import rank, shard, world_size
 from dnc_cli.errors import UsageError
 
 PRECISIONS = tuple(precision.value for precision in Precision)  # the dtypes a measurement runs in, by name
@@ -23,12 +29,16 @@ class Source:
     """One split's data, iterable again for every sweep, as (x, y) batches: an (x, y) pair of tensors cut into
     `batch_size` batches, or a re-iterable of (x, y) batches (a DataLoader)."""
 
-    def __init__(self, name: str, data, batch_size: int):
+    def __init__(self, name: str, data, batch_size: int, sharded: bool = False):
         self.name = name
+        self.every = 1 if sharded else world_size()  # a loader's batches: this rank's are i % every == rank
         if isinstance(data, (tuple, list)) and len(data) == 2 and not isinstance(data[0], (tuple, list, dict)):
             x, y = (v if isinstance(v, torch.Tensor) else torch.as_tensor(v) for v in data)
             if len(x) != len(y):
                 raise UsageError(f"split '{name}': x has {len(x)} samples but y has {len(y)}")
+            if not sharded:
+                index = shard(len(y))  # this rank's samples (every sample in one process)
+                x, y = x[index], y[index]
             self.tensors, self.loader = (x, y), None
             self.num_batches = -(-len(y) // batch_size)
             self.batch_size = batch_size
@@ -38,6 +48,13 @@ class Source:
         elif isinstance(data, collections.abc.Iterable):
             self.tensors, self.loader = None, data
             self.num_batches = len(data) if hasattr(data, "__len__") else None
+            if self.every > 1:
+                if self.num_batches is None or self.num_batches < self.every:
+                    raise UsageError(f"split '{name}': {self.every} ranks share a loader's batches, so it needs a "
+                                     f"len() of at least {self.every} batches (it has "
+                                     f"{'none' if self.num_batches is None else self.num_batches}); pass (x, y) "
+                                     "tensors, or give each rank its own part (sharded=True)")
+                self.num_batches = len(range(rank(), self.num_batches, self.every))
         else:
             raise UsageError(f"split '{name}': data must be an (x, y) pair or an iterable of (x, y) batches, got a "
                              f"{type(data).__name__}")
@@ -48,14 +65,16 @@ class Source:
             for start in range(0, len(y), self.batch_size):
                 yield x[start:start + self.batch_size], y[start:start + self.batch_size]
             return
-        for item in self.loader:
+        for number, item in enumerate(self.loader):
+            if number % self.every != rank() % self.every:
+                continue
             if not isinstance(item, (tuple, list)) or len(item) < 2:
                 raise UsageError(f"split '{self.name}': each batch must be an (x, y) pair, got a "
                                  f"{type(item).__name__}")
             yield item[0], item[1]
 
 
-def named_splits(data, splits, batch_size: int) -> dict[str, Source]:
+def named_splits(data, splits, batch_size: int, sharded: bool = False) -> dict[str, Source]:
     """{split name: Source}, the AGOP split first. `data`, when given, is the train split."""
     if splits is not None and not isinstance(splits, dict):
         raise UsageError(f"splits must be a dict {{name: data}}, got a {type(splits).__name__}")
@@ -67,7 +86,7 @@ def named_splits(data, splits, batch_size: int) -> dict[str, Source]:
     if not named:
         raise UsageError("no data: pass data=(x, y) or a DataLoader, or splits={'train': ...}")
     order = sorted(named, key=lambda name: name != TRAIN_SPLIT)
-    return {str(name): Source(str(name), named[name], batch_size) for name in order}
+    return {str(name): Source(str(name), named[name], batch_size, sharded) for name in order}
 
 
 def check_labels(labels, split: str, batch_size: int, num_classes: int, device) -> torch.Tensor:

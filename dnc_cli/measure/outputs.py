@@ -40,7 +40,7 @@ from dnc_cli.tables import NC_TABLE_FILE, markdown_table, read_metrics, run_metr
 log = logging.getLogger("dnc.measure")
 LAYERS_FILE = "layers.csv"
 # MeasureConfig keys that may differ between the epochs of one table: the checkpoint measured, and where and how
-NOT_COMPARED = ("epoch", "weights", "features", "out_dir", "device", "batch_size", "progress")
+NOT_COMPARED = ("epoch", "weights", "features", "out_dir", "device", "batch_size", "progress", "distributed")
 NC_COLUMNS = ("nc1", "nc1_trace", "nc2", "nc3", "nc4", "ncc_acc")  # nc_table.md's columns, then the NFA's
 
 

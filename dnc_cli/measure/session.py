@@ -13,6 +13,12 @@ NC3 (PAPER.md, "The four neural-collapse metrics") needs the classifier A that r
 nn.Linear with out_features == num_classes to run in the forward pass, compared with every representation equal to
 its input (checked on the first batch's first rows). Without one, no nc3 rows. NC4 needs predictions: the argmax of
 the model's outputs when they have num_classes columns; otherwise no nc4 rows. Both cases are logged.
+
+Under torchrun (dnc_cli/distributed.py) every rank sweeps its own batches and the ranks' sums are added after each
+sweep (the class means and the AGOPs after sweep 1, the scatter after sweep 2): every rank then holds one process's
+results. The classifier and the representations it reads are decided alike on every rank (a representation counts
+when it equals the classifier's input on the first rows of every rank's first batch); the Gram figure's sample is
+each rank's own (rank 0's is written).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import sys
 import torch
 from torch import nn
 
+from dnc_cli.distributed import all_reduce_sum, require_agreement, sync_all, world_size
 from dnc_cli.errors import UsageError
 from dnc_cli.measure.hooks import ACTIVATIONS, as_features, channels_last, close_names, linear_stages, resolve_output
 from dnc_cli.measure.inputs import TRAIN_SPLIT, Source, batch_size_of, call_model, check_labels, to_device
@@ -186,6 +193,8 @@ class Session:
             with_agop = split == agop_split and any(layer.agop is not None for layer in self.layers)
             labels, predictions = self.sweep(source, stats, "means", with_agop)
             stats.finish_means()
+            if with_agop:
+                sync_all([layer.agop for layer in self.layers if layer.agop is not None])
             for layer in self.layers:
                 if with_agop:
                     layer.finish_agop(powers)
@@ -197,7 +206,9 @@ class Session:
             if self.gram is not None:
                 self.gram_arrays, self.gram = self.gram.arrays(), None
             rows += self.split_rows(stats, stats.results())
-            self.split_sizes[split] = int(sum(len(y) for y in labels))
+            size = torch.tensor(sum(len(y) for y in labels), dtype=torch.int64)
+            all_reduce_sum([size])  # every rank's samples
+            self.split_sizes[split] = int(size)
             if with_agop and "nfa" in self.options.families:
                 rows += [row for layer in self.layers for row in layer.nfa_rows(split, self.options.nfa_powers)]
         return rows
@@ -295,9 +306,11 @@ class Session:
     # ------------------------------------------------------------------ NC3's classifier
     def find_classifier(self) -> None:
         """The final classifier (NC3): the last nn.Linear with K outputs to run; the representations it reads are
-        those equal to its input on the first batch's first rows."""
+        those equal to its input on the first batch's first rows (under torchrun: on every rank's)."""
         found = [(module, fingerprint) for module, fingerprint in self.candidates if fingerprint is not None]
         self.candidates = []
+        require_agreement("the model's final classifier", [self.names.get(module) for module, _ in found],
+                          [list(key) for key in self.fingerprints])
         if not found:
             if self.want_nc:
                 log.warning("no nn.Linear with num_classes=%d outputs runs in the model: no final classifier, no "
@@ -305,10 +318,11 @@ class Session:
             return
         self.classifier, reads = found[-1]
         self.classifier_name = self.names.get(self.classifier)
-        for key, fingerprint in self.fingerprints.items():
-            if fingerprint.shape == reads.shape and torch.allclose(fingerprint, reads, rtol=1e-5,
-                                                                   atol=1e-6 * float(reads.abs().max()) + 1e-30):
-                self.nc3_keys.append(key)
+        matches = torch.tensor([fingerprint.shape == reads.shape and torch.allclose(
+            fingerprint, reads, rtol=1e-5, atol=1e-6 * float(reads.abs().max()) + 1e-30)
+            for fingerprint in self.fingerprints.values()], dtype=torch.int64)
+        all_reduce_sum([matches])  # under torchrun: the representations that match on every rank's rows
+        self.nc3_keys = [key for key, hits in zip(self.fingerprints, matches.tolist()) if hits == world_size()]
 
     # ------------------------------------------------------------------ rows
     def split_rows(self, stats: SplitStats, results: dict) -> list[tuple]:

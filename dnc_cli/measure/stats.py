@@ -1,6 +1,9 @@
 """The statistics `measure` accumulates per split: the two streaming sweeps' accumulators of every representation
 (`SplitStats`: PAPER.md, "The four neural-collapse metrics", with dnc_cli/metrics/collapse.py's ClassMeans and
 NeuralCollapse), and a class-stratified feature sample for `dnc plot`'s Gram figure (`GramSample`).
+
+Under torchrun each rank accumulates its shard and the ranks' sums are added (dnc_cli/distributed.py) when a sweep
+ends: in `finish_means`, so that sweep 2 measures the scatter around the global class means, and in `results`.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ import dataclasses
 
 import torch
 
+from dnc_cli.distributed import require_agreement, sync_all
 from dnc_cli.errors import UsageError
 from dnc_cli.metrics.collapse import ClassMeans, ClassMeansResult, NeuralCollapse
 
@@ -28,6 +32,10 @@ class SplitStats:
         self.mean_sums.setdefault(key, ClassMeans(self.num_classes)).update(features, labels)
 
     def finish_means(self) -> None:
+        """After sweep 1: the class means, of every rank's samples under torchrun."""
+        require_agreement(f"the representations of split '{self.split}'",  # the same sums, else no all-reduce
+                          self.split, [[*key, list(acc.sums.shape)] for key, acc in self.mean_sums.items()])
+        sync_all(self.mean_sums.values())
         self.means = {key: acc.compute() for key, acc in self.mean_sums.items()}
 
     def start_collapse(self) -> None:
@@ -44,6 +52,7 @@ class SplitStats:
             accumulator.update(features, labels, predictions)
 
     def results(self) -> dict[tuple[int, str], dict[str, float]]:
+        sync_all(self.collapse.values())
         try:
             return {key: acc.compute() for key, acc in self.collapse.items()}
         except ValueError as exc:  # the sweeps saw different data
