@@ -11,7 +11,7 @@ from conftest import TINY, assert_usage_error, naive_agops, naive_jacobians, run
 
 from dnc_cli.analyze.command import analyze_run
 from dnc_cli.analyze.network import analyze_checkpoint
-from dnc_cli.config import AnalyzeConfig
+from dnc_cli.config import AnalyzeConfig, ModelConfig
 from dnc_cli.data import load_dataset
 from dnc_cli.models.networks import build_model
 from dnc_cli.runs import read_run_config
@@ -264,6 +264,26 @@ def test_nfa_forms_match_naive_references(random_net_and_data):
                         "nfa_init_removed_centered_corr": corr(delta.T @ delta, power(agop_centred_grads, alpha))}
             for name, value in expected.items():
                 assert rows[("train", l, "", f"{name}_{alpha:g}")] == pytest.approx(value, rel=1e-9), (l, name)
+
+
+def test_centred_form_has_no_row_where_the_jacobians_do_not_vary(random_net_and_data):
+    """Every ReLU on for every sample (a large bias): each sample's Jacobian is the same product of weights, so the
+    centred Jacobians are 0 and their AGOP is rounding noise (the difference of two equal sums): no
+    nfa_init_removed_centered row, while the other forms keep theirs. With biases of 0 the rows are there."""
+    _, data = random_net_and_data
+    torch.manual_seed(3)
+    model = build_model(ModelConfig(depth=2, width=9, init_gain=1.0, bias=True), (1, 1, 6), 4).double().eval()
+    initial = [torch.randn_like(layer.weight) * 0.3 for layer in model.layers]
+    acfg = AnalyzeConfig(families=["nfa"])
+    for bias, expected in ((100.0, set()), (0.0, {1, 2})):
+        with torch.no_grad():
+            for layer in model.layers:
+                layer.bias.fill_(bias)
+        rows = analyze_checkpoint(model, data, acfg, torch.device("cpu"), initial_weights=initial)
+        layers = {metric: {layer for _, layer, _, name, _ in rows if name == metric}
+                  for metric in ("nfa_init_removed_centered_corr_0.5", "nfa_init_removed_corr_0.5")}
+        assert layers["nfa_init_removed_centered_corr_0.5"] == expected, bias
+        assert layers["nfa_init_removed_corr_0.5"] == {1, 2}
 
 
 def test_nfa_forms_closed_form_cases(random_net_and_data):

@@ -195,6 +195,8 @@ def nfa_rows(model, layer_agops: LayerAGOPs, agop_powers: dict, options, initial
                         agop = sandwich(nfm_weight, grams[l - 1])
                     else:
                         centred_grams = centred_grams or layer_agops.preactivation_grams(centred=True)
+                        if centred_grams[l - 1] is None:  # the Jacobians do not vary beyond rounding: no row
+                            continue
                         agop = sandwich(weight, centred_grams[l - 1])
                     eigh = psd_eigh(agop)
                     powers = [psd_power(agop, p, eigh) for p in options.powers]

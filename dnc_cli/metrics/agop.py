@@ -103,16 +103,23 @@ class LayerAGOPs:
         the sum."""
         all_reduce_sum(self.sum_states())
 
-    def preactivation_grams(self, centred: bool = False) -> list[Tensor]:
+    def preactivation_grams(self, centred: bool = False) -> list[Tensor | None]:
         """Per layer P_l = (1/N) Σ_i Σ_c g̃_ic g̃_icᵀ (m_l x m_l, float64), so that AGOP_l = W_lᵀ P_l W_l. `centred`:
         with each output's mean gradient ḡ_c = (1/N) Σ_i g̃_ic subtracted, P_l - Σ_c ḡ_c ḡ_cᵀ: then W_lᵀ P_l W_l is
-        the AGOP of the Jacobians centred over the samples (aradha/agop_feature_learning, centering=True)."""
+        the AGOP of the Jacobians centred over the samples (aradha/agop_feature_learning, centering=True).
+
+        The centred Gram is a difference of two sums, and where the Jacobians barely vary over the samples (early in
+        training every sample's ReLU pattern in the last layers can be the same) its trace is at the rounding
+        floor m·ε·tr P_l: it is rounding noise, even negative, and moves with the order of the additions (measured on
+        the demo's epoch 3: tr ratio 1e-16 in layers 4-5). Such a layer gets None: no centred AGOP is defined."""
         grams = []
         for l, (total, grad_sum) in enumerate(zip(self.preact_sums, self.preact_grad_sums), start=1):
             gram = (total if l == len(self.model.layers) else symmetrised(total)) / self.num_samples
             if centred:
                 mean_grad = grad_sum / self.num_samples
-                gram = gram - mean_grad.T @ mean_grad
+                centred_gram = gram - mean_grad.T @ mean_grad
+                floor = len(gram) * torch.finfo(torch.float64).eps * torch.trace(gram)
+                gram = centred_gram if torch.trace(centred_gram) > floor else None
             grams.append(gram)
         return grams
 
