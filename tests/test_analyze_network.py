@@ -11,6 +11,8 @@ from conftest import TINY, assert_usage_error, naive_agops, naive_jacobians, run
 
 from dnc_cli.analyze.command import analyze_run
 from dnc_cli.analyze.network import analyze_checkpoint
+from dnc_cli.metrics import agop as agop_module
+from dnc_cli.metrics.agop import LayerAGOPs
 from dnc_cli.config import AnalyzeConfig, ModelConfig
 from dnc_cli.data import load_dataset
 from dnc_cli.models.networks import build_model
@@ -266,24 +268,66 @@ def test_nfa_forms_match_naive_references(random_net_and_data):
                 assert rows[("train", l, "", f"{name}_{alpha:g}")] == pytest.approx(value, rel=1e-9), (l, name)
 
 
-def test_centred_form_has_no_row_where_the_jacobians_do_not_vary(random_net_and_data):
-    """Every ReLU on for every sample (a large bias): each sample's Jacobian is the same product of weights, so the
-    centred Jacobians are 0 and their AGOP is rounding noise (the difference of two equal sums): no
-    nfa_init_removed_centered row, while the other forms keep theirs. With biases of 0 the rows are there."""
-    _, data = random_net_and_data
+def _biased_net(bias: float):
     torch.manual_seed(3)
     model = build_model(ModelConfig(depth=2, width=9, init_gain=1.0, bias=True), (1, 1, 6), 4).double().eval()
-    initial = [torch.randn_like(layer.weight) * 0.3 for layer in model.layers]
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.bias.fill_(bias)
+    return model
+
+
+def test_centred_form_has_no_row_where_the_jacobians_do_not_vary(random_net_and_data, monkeypatch):
+    """Every ReLU on for every sample (a large bias): each sample's Jacobian is the same product of weights, so the
+    centred Jacobians are 0: no nfa_init_removed_centered row, while the other forms keep theirs. With biases of 0
+    the rows are there. The decision has a margin of many orders of magnitude on both sides of the floor (the
+    relative spread of the Jacobians), so that no BLAS kernel, thread count or CPU moves it."""
+    _, data = random_net_and_data
     acfg = AnalyzeConfig(families=["nfa"])
     for bias, expected in ((100.0, set()), (0.0, {1, 2})):
-        with torch.no_grad():
-            for layer in model.layers:
-                layer.bias.fill_(bias)
+        model = _biased_net(bias)
+        initial = [torch.randn_like(layer.weight) * 0.3 for layer in model.layers]
         rows = analyze_checkpoint(model, data, acfg, torch.device("cpu"), initial_weights=initial)
         layers = {metric: {layer for _, layer, _, name, _ in rows if name == metric}
                   for metric in ("nfa_init_removed_centered_corr_0.5", "nfa_init_removed_corr_0.5")}
         assert layers["nfa_init_removed_centered_corr_0.5"] == expected, bias
         assert layers["nfa_init_removed_corr_0.5"] == {1, 2}
+        h0 = model.embed(data.train.x)
+        agops = LayerAGOPs(model)
+        for i in range(0, len(h0), 50):
+            agops.update(h0[i:i + 50])
+        with monkeypatch.context() as patch:  # the spread itself, without the floor
+            patch.setattr(agop_module, "CENTRED_SPREAD_FLOOR", -1.0)
+            centred = agops.preactivation_grams(centred=True)
+        spreads = [float(torch.trace(c) / torch.trace(g))
+                   for c, g in zip(centred, agops.preactivation_grams(), strict=True)]
+        for spread in spreads:  # far from CENTRED_SPREAD_FLOOR (1e-8) on the side the expectation says
+            assert (spread < 1e-20) if bias else (spread > 1e-4), (bias, spreads)
+
+
+def test_centred_grams_do_not_move_with_the_batches_or_the_shift(random_net_and_data):
+    """The centred pre-activation Grams against per-sample autograd Jacobians centred in float64 (numpy), and the
+    same to 1e-12 whatever the batch size and the shift batch: they are sums of small terms, not differences of
+    large ones (that difference moved with the BLAS kernel: issue #21)."""
+    model, data = random_net_and_data
+    h0 = model.embed(data.train.x).double()
+    pre = naive_jacobians(model, h0, "preact")
+    expected = []
+    for jac in pre:
+        centred = (jac - jac.mean(0, keepdim=True)).numpy()
+        expected.append(np.einsum("nkd,nke->de", centred, centred) / len(h0))
+    results = []
+    for batch, shift in ((len(h0), None), (37, h0[100:110]), (5, h0[-3:])):
+        agops = LayerAGOPs(model, shift_inputs=shift)
+        for i in range(0, len(h0), batch):
+            agops.update(h0[i:i + batch])
+        results.append(agops.preactivation_grams(centred=True))
+    for grams in results:
+        for gram, reference in zip(grams, expected, strict=True):
+            np.testing.assert_allclose(gram.numpy(), reference, rtol=1e-9, atol=1e-12 * np.abs(reference).max())
+    for grams in results[1:]:
+        for gram, first in zip(grams, results[0], strict=True):
+            torch.testing.assert_close(gram, first, rtol=1e-12, atol=1e-13 * float(first.abs().max()))
 
 
 def test_nfa_forms_closed_form_cases(random_net_and_data):

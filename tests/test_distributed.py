@@ -65,7 +65,7 @@ def _accumulate(model, x, labels, num_classes, index=slice(None), sync=False):
     """The two passes over h_1 of `model` and its AGOPs, on the samples `index`, synchronised when asked."""
     with torch.no_grad():
         h0 = model.embed(x[index])
-    agops, means = LayerAGOPs(model), ClassMeans(num_classes)
+    agops, means = LayerAGOPs(model, shift_inputs=model.embed(x[:10])), ClassMeans(num_classes)
     trace = agops.update(h0)
     means.update(trace.outputs[0], labels[index])
     if sync:

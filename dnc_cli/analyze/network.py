@@ -102,12 +102,14 @@ def analyze_checkpoint(model, data, acfg: AnalyzeConfig, device,
         if split not in acfg.splits and not (split == "train" and want_agop):
             continue
         x, labels = getattr(data, split).x, getattr(data, split).labels
+        with_agop = split == "train" and want_agop
+        if with_agop:  # the shift of the AGOP sums: the split's first batch, the same on every rank
+            with torch.no_grad():
+                layer_agops = LayerAGOPs(model, shift_inputs=model.embed(x[:acfg.batch_size]))
         index = shard(len(x))  # this rank's samples (all of them in one process)
         x, labels = x[index], labels[index]
         batches = [(x[i:i + acfg.batch_size], labels[i:i + acfg.batch_size]) for i in range(0, len(x),
                                                                                          acfg.batch_size)]
-        with_agop = split == "train" and want_agop
-        layer_agops = LayerAGOPs(model) if with_agop else None
         means: dict = {}
         # sweep 1: class sums (and the AGOPs)
         for xb, yb in batches:
