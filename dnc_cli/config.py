@@ -232,7 +232,9 @@ class PlotConfig:
 # ---------------------------------------------------------------------------------------------------- dnc report
 @dataclass
 class ReportConfig:
-    """`dnc report`: the paper's claims judged from a run's (or a sweep's) tables. Every verdict threshold is here.
+    """`dnc report`: the paper's claims, and hypotheses beyond it, judged from a run's (or a sweep's) tables. Every
+    verdict threshold is here, and every one is the tool's choice: the paper states none (PAPER.md, "Claims and
+    where they come from"). Each verdict names its thresholds and the value at which it would flip.
 
     Falls are factors (before / after, so 10.0 = "fell tenfold"); shares are fractions of a log-NC drop."""
 
@@ -241,24 +243,31 @@ class ReportConfig:
     split: str = "train"  # split of the NC metrics judged (NFA is always train)
     # judge the runs as they stood at this epoch (e.g. the paper's 250 of a longer run): report_until_epoch<N>.md
     until_epoch: int | None = None
-    # 1. collapse through overtraining: NC1 of the last hidden layer falls >= collapse_factor from the first
-    # checkpoint to the end, and >= post_tpt_factor from the TPT checkpoint to the end
-    collapse_factor: float = 10.0
-    post_tpt_factor: float = 2.0
-    # 2, 3, 5: "most layers" = a share of layers (claim 2: of layer-to-layer steps) strictly above `majority`
+    # the paper's claims about trained networks are judged at the last analysed checkpoint at or before this epoch:
+    # the official MLP runs stop at epoch 250 (not a threshold; null: at the run's last checkpoint)
+    paper_horizon: int | None = 250
+    # "most layers" = a share of layers (of layer-to-layer steps for deep collapse) strictly above `majority`
     majority: float = 0.5
-    # 3. a layer's collapse is linear when input -> right (S Vᵀ) carries >= linear_share of its log-NC1 drop
+    # the paper's claims. Deep neural collapse: NC1 falls in most layer-to-layer steps, and from the first to the last
+    # hidden layer by more than this factor
+    depth_fall_factor: float = 1.0
+    # where collapse happens: a layer's collapse is linear when input -> right (S Vᵀ) carries >= linear_share of its
+    # log-NC1 drop
     linear_share: float = 0.5
-    # 3, 5: a layer whose NC1 falls by less than this factor (input -> activation) has "no reduction": not judged
+    # a layer whose NC1 falls by less than this factor (input -> activation) has "no reduction": not judged
     min_layer_fall: float = 1.05
-    # 4. NFA: the mean over layers of the final corr(WᵀW, AGOP^nfa_power) is >= nfa_min_corr, and it rose in training
+    # NFA: the mean over layers of corr(WᵀW, AGOP^nfa_power) is >= nfa_min_corr ("highly correlated")
     nfa_min_corr: float = 0.8
     nfa_power: float = 0.5
-    # 5. Deep RFM: NC1 and NC2 fall >= rfm_fall_factor from layer 1's input to the last layer's output, and in most
-    # layers input -> AGOP projection carries >= agop_share of the layer's log-NC1 drop
+    # Deep RFM: along each curve (X_l, M^½ X_l, Φ(M^½ X_l)) NC1 and NC2 (the official mean-square form) fall >=
+    # rfm_fall_factor from layer 1 to layer L, and in most layers X -> M^½ X carries >= agop_share of the log-NC1 drop
     rfm_fall_factor: float = 10.0
     agop_share: float = 0.5
-    # 6. random labels: TPT reached, and NC1 of the last hidden layer falls >= still_falling_factor after the TPT
+    # beyond the paper. Collapse after the TPT (Papyan et al. 2020): NC1 of the last hidden layer falls >=
+    # collapse_factor from the first checkpoint to the end, and >= post_tpt_factor from the TPT checkpoint to the end
+    collapse_factor: float = 10.0
+    post_tpt_factor: float = 2.0
+    # random labels (talk slides): TPT reached, and NC1 of the last hidden layer falls >= still_falling_factor after it
     still_falling_factor: float = 2.0
 
 
@@ -381,9 +390,12 @@ def validate_report(cfg: ReportConfig) -> ReportConfig:
     _need(cfg.nfa_power > 0, f"nfa_power={cfg.nfa_power} must be > 0")
     for key in ("linear_share", "agop_share"):
         _need(0 < getattr(cfg, key) <= 1, f"{key}={getattr(cfg, key)} must be in (0, 1]")
-    for key in ("collapse_factor", "post_tpt_factor", "rfm_fall_factor", "still_falling_factor", "min_layer_fall"):
+    for key in ("collapse_factor", "post_tpt_factor", "rfm_fall_factor", "still_falling_factor", "min_layer_fall",
+                "depth_fall_factor"):
         value = getattr(cfg, key)
         _need(math.isfinite(value) and value >= 1, f"{key}={value} must be a factor >= 1")
+    _need(cfg.paper_horizon is None or cfg.paper_horizon >= 0,
+          f"paper_horizon={cfg.paper_horizon} must be an epoch >= 0 or null")
     return cfg
 
 

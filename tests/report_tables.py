@@ -61,14 +61,18 @@ def network_metrics(own=falling, svd=linear_svd, nfa=rising_nfa, epochs=EPOCHS, 
     return pd.DataFrame(rows, columns=["epoch", "split", "layer", "stage", "metric", "value"])
 
 
-def rfm_metrics(agop: float = 0.35, act: float = 0.3, depth: int = 4) -> pd.DataFrame:
-    """Deep RFM: layer l's input is act**(l-1); the AGOP step multiplies NC by `agop`, the whole layer by `act`."""
+def rfm_metrics(agop: float = 0.35, act: float = 0.3, depth: int = 4,
+                nc2_falls: tuple[float, float, float] = (100.0, 100.0, 100.0)) -> pd.DataFrame:
+    """Deep RFM: layer l's input is act**(l-1); the AGOP step multiplies NC1 (and the Frobenius NC2) by `agop`, the
+    whole layer by `act`. The official NC2 (nc2_gram) falls geometrically along each curve (X_l, M^½X_l,
+    Φ(M^½X_l)) by `nc2_falls` from layer 1 to layer `depth`."""
     rows = []
     for layer in range(1, depth + 1):
         x = act ** (layer - 1)
-        for stage, value in (("input", x), ("agop", x * agop), ("activation", x * act)):
+        for stage, value, fall in zip(("input", "agop", "activation"), (x, x * agop, x * act), nc2_falls):
             for metric in ("nc1_trace", "nc1", "nc2"):
                 rows.append((0, "train", layer, stage, metric, value))
+            rows.append((0, "train", layer, stage, "nc2_gram", 0.05 * fall ** (-(layer - 1) / (depth - 1))))
         rows.append((0, "train", layer, "", "kernel_acc", 0.9))
     return pd.DataFrame(rows, columns=["epoch", "split", "layer", "stage", "metric", "value"])
 

@@ -26,13 +26,16 @@ def test_report_of_one_run(tmp_path):
     report = write_report(tmp_path, CFG)  # a parent holding one run: the report goes into the run
     assert report.path == run / "report.md" and report.runs == 1
     text = report.path.read_text()
-    for needle in ("## 1. Neural collapse through overtraining: **holds**",
-                   "[figures/svd_nc1.png](figures/svd_nc1.png)",
-                   "## 5. Deep RFM: collapse over depth, at the AGOP projection: **not applicable**",
-                   "fall TPT→end (×)", "| nc3 |", "linear share (input→right)", "`collapse_factor=10.0`"):
+    for needle in ("## The paper's claims", "## Beyond the paper", "## B1. Collapse continues after the TPT: **holds**",
+                   "[figures/svd_nc1.png](figures/svd_nc1.png)", "Source: beyond the paper: Papyan",
+                   "## P4. Deep RFM: NC1 and NC2 fall over the layers, at the AGOP projection: **not applicable**",
+                   "fall TPT→end (×)", "| nc3 |", "linear share (input→right)", "`collapse_factor=10.0`",
+                   "the tool's choice"):
         assert needle in text, needle
-    assert "run `dnc plot" not in text.split("## 5.")[0]  # figures of claims 1-4 exist
-    assert "not drawn yet: run `dnc plot run_dir=" in text.split("## 5.")[1]  # rfm_layers does not
+    assert text.index("## The paper's claims") < text.index("| P1 |") < text.index("## Beyond the paper") \
+        < text.index("| B1 |")
+    assert "run `dnc plot" not in text.split("## P4.")[0]  # figures of claims P1-P3 exist
+    assert "not drawn yet: run `dnc plot run_dir=" in text.split("## P4.")[1].split("## B1.")[0]  # P4's do not
 
 
 def test_sweep_of_two_seeds(tmp_path):
@@ -95,8 +98,8 @@ def test_cli_report(tmp_path):
     result = run_cli("report", f"run_dir={run}", "collapse_factor=1000", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (run / "report.md").is_file()
-    assert "1. Neural collapse through overtraining: does not hold" in result.stdout  # the override took effect
-    assert "3. Where collapse happens" in result.stdout and not (tmp_path / "outputs").exists()
+    assert "B1. Collapse continues after the TPT: does not hold" in result.stdout  # the override took effect
+    assert "P2. Where collapse happens" in result.stdout and not (tmp_path / "outputs").exists()
 
 
 @pytest.mark.slow
@@ -126,9 +129,9 @@ def test_report_on_a_real_tiny_run(tiny_run):
     assert claims["rfm"].verdict == NA and claims["random_labels"].verdict == NA
     assert claims["depth"].measured and sorted(claims["depth"].layers) == [0, 1, 2, 3]
     assert claims["where"].measured and set(claims["where"].layers) == {1, 2, 3}
-    assert claims["nfa"].measured and 0 < claims["nfa"].numbers["α=0.5|final"] <= 1
+    assert claims["nfa"].measured and 0 < claims["nfa"].numbers["α=0.5|judged"] <= 1
     assert claims["overtraining"].measured and claims["overtraining"].numbers["end_epoch"] == 6
-    assert "## 4. Neural Feature Ansatz" in report.path.read_text()
+    assert "## P3. Neural Feature Ansatz" in report.path.read_text()
 
 
 def test_until_epoch_judges_the_run_as_it_stood_then(tmp_path):
@@ -143,8 +146,8 @@ def test_until_epoch_judges_the_run_as_it_stood_then(tmp_path):
     early = ReportConfig(until_epoch=10)
     claims = {c.key: c for c in evaluate_run(load_run(run, 10), early)}
     assert claims["overtraining"].verdict == NA and "not reached" in claims["overtraining"].reason
-    assert claims["nfa"].numbers["final_epoch"] == 10
-    assert claims["nfa"].numbers["α=0.5|final"] == pytest.approx(sum(rising_nfa(10, layer) for layer in (1, 2, 3)) / 3)
+    assert claims["nfa"].numbers["judged_epoch"] == 10
+    assert claims["nfa"].numbers["α=0.5|judged"] == pytest.approx(sum(rising_nfa(10, layer) for layer in (1, 2, 3)) / 3)
     report = write_report(run, early)
     assert report.path.name == "report_until_epoch10.md" and not (run / "report.md").exists()
     with pytest.raises(UsageError, match="until_epoch=-1"):

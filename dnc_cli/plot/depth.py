@@ -1,5 +1,6 @@
 """The figures across layers (`dnc plot`): NC1 and NC2 over depth at init, TPT and the end, the class-sorted Gram
-matrices (the paper's Figure 1), and a Deep RFM's NC1/NC2 through every layer's stages.
+matrices (the paper's Figure 1), a Deep RFM's NC1/NC2 through every layer's stages, and the same as the official
+`deep_rfm.py` draws it: one semilog curve per representation against the layer.
 """
 
 from __future__ import annotations
@@ -8,9 +9,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from dnc_cli.plot.style import (
     NC1_LABELS,
+    NC2_GRAM_LABEL,
     NC2_LABEL,
     RFM_STAGES,
     NotDrawable,
@@ -187,4 +190,35 @@ def fig_rfm_layers(metrics: pd.DataFrame, nc1_form: str = "nc1_trace", split: st
                for lab, c, m in RFM_STAGES.values()]
     fig.legend(handles=handles, loc="outside lower center", ncol=3, frameon=False)
     fig.suptitle(f"Deep RFM: neural collapse through the layers ({split} split)")
+    return fig
+
+
+def fig_rfm_curves(metrics: pd.DataFrame, nc1_form: str = "nc1_trace", split: str = "train") -> Figure:
+    """A Deep RFM's NC1 and NC2 against the layer, one semilog curve for each of X_l, M_l^½ X_l and Φ(M_l^½ X_l),
+    as the official deep_rfm.py plots them (PAPER.md, "Deep RFM": NC2 in its mean-square form, `nc2_gram`; its
+    NC1 divides Σ_W by K·N: `dnc analyze nc1.official_scaling=true` gives that scale). A fall "over the layers" is
+    read along one curve."""
+    metrics = tidy_metrics(metrics)
+    rows = metrics[(metrics["split"] == split) & metrics["stage"].isin(list(RFM_STAGES))]
+    if rows.empty:
+        raise NotDrawable(f"no Deep RFM stage rows (input/agop/activation) for split={split}")
+    rows = rows[rows["epoch"] == rows["epoch"].max()]
+    fig = Figure(figsize=(11.0, 4.4), layout="constrained")
+    axes = fig.subplots(1, 2, sharex=True)
+    for ax, metric, ylabel in [(axes[0], nc1_form, NC1_LABELS[nc1_form]), (axes[1], "nc2_gram", NC2_GRAM_LABEL)]:
+        drawn = False
+        for stage, (label, colour, marker) in RFM_STAGES.items():
+            xs, _ = plot_curve(ax, select(rows, metric, stage=stage), "layer", positive=True, color=colour,
+                               marker=marker, markersize=4, linewidth=1.4, label=label)
+            drawn = drawn or len(xs) > 0
+        if not drawn:
+            no_data(ax, metric)
+        ax.set_yscale("log")
+        ax.set_ylabel(ylabel)
+        ax.set_xlabel("Deep RFM layer $l$")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+    handles = [Line2D([], [], color=c, marker=m, markersize=5, label=lab) for lab, c, m in RFM_STAGES.values()]
+    fig.legend(handles=handles, loc="outside lower center", ncol=3, frameon=False)
+    fig.suptitle(f"Deep RFM: NC1 and NC2 of each representation against the layer ({split} split)")
     return fig

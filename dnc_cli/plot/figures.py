@@ -8,6 +8,8 @@ tables or a sweep's mean ± std over seeds, and each kind of run lists the figur
     gram        class-sorted Gram matrices of the features (the paper's Figure 1)
     training    losses and accuracies
     rfm_layers  a Deep RFM's NC1 and NC2 through every layer's stages (PAPER.md, "Deep RFM")
+    rfm_curves  the same as the official deep_rfm.py draws it: NC1 and NC2 (mean-square form) against the layer,
+                one semilog curve per representation X_l, M^½ X_l, Φ(M^½ X_l)
     compare     sweeps only: one figure per swept parameter (dnc_cli/plot/sweep.py)
 """
 
@@ -24,7 +26,7 @@ from matplotlib.figure import Figure
 from dnc_cli.config import FIGURE_FORMATS, NC1_FORMS
 from dnc_cli.errors import UsageError, need, reading
 from dnc_cli.plot.course import fig_nc_metrics, fig_nfa, fig_svd_nc1, fig_training
-from dnc_cli.plot.depth import fig_gram, fig_layers, fig_rfm_layers
+from dnc_cli.plot.depth import fig_gram, fig_layers, fig_rfm_curves, fig_rfm_layers
 from dnc_cli.plot.style import NotDrawable
 from dnc_cli.runs import DEEP_RFM, NETWORK, final_gram_file, gram_epoch
 
@@ -83,12 +85,14 @@ FIGURES: dict[str, Callable[[FigureInputs], Figure]] = {
     "gram": _gram,
     "training": _training,
     "rfm_layers": lambda f: fig_rfm_layers(f.metrics, f.nc1_form, f.split),
+    "rfm_curves": lambda f: fig_rfm_curves(f.metrics, f.nc1_form, f.split),
 }
 COMPARE = "compare"
 # per kind of run, the figures of one run and of a sweep's combination (each curve the mean over seeds)
 RUN_FIGURES = {NETWORK: ("nc_metrics", "svd_nc1", "nfa", "layers", "gram", "training"),
-               DEEP_RFM: ("rfm_layers", "gram")}
-SWEEP_FIGURES = {NETWORK: ("nc_metrics", "svd_nc1", "nfa", "layers", "training"), DEEP_RFM: ("rfm_layers",)}
+               DEEP_RFM: ("rfm_layers", "rfm_curves", "gram")}
+SWEEP_FIGURES = {NETWORK: ("nc_metrics", "svd_nc1", "nfa", "layers", "training"),
+                 DEEP_RFM: ("rfm_layers", "rfm_curves")}
 
 
 def check_options(figures: list[str] | None, nc1_form: str, formats: tuple[str, ...], dpi: int) -> None:

@@ -34,6 +34,7 @@ NC1_LABELS = {
 }
 # NC2/NC3: Frobenius distance from a normalised K x K Gram (class means; classifier x means) to the ETF's
 NC2_LABEL = r"NC2 = $\| G_{M} - G_{\mathrm{ETF}} \|_F$"
+NC2_GRAM_LABEL = r"NC2 = mean$_{jk}\,(M M^\top - \Sigma_{\mathrm{ETF}})_{jk}^2$"
 NC3_LABEL = r"NC3 = $\| G_{A M} - G_{\mathrm{ETF}} \|_F$"
 NC4_LABEL = "NC4 = fraction with\nprediction ≠ nearest class mean"
 

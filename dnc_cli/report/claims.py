@@ -1,13 +1,20 @@
-"""The paper's claims (PAPER.md), each as one pure function that measures a run's numbers and one that judges them
-against the thresholds of `ReportConfig` (dnc_cli/config.py, the only place they live):
+"""What `dnc report` judges (PAPER.md, "Claims and where they come from"), each claim as one pure function that
+measures a run's numbers and one that judges them against the thresholds of `ReportConfig` (dnc_cli/config.py,
+the only place they live). Every claim carries its source. The paper's own claims:
 
-1. neural collapse through overtraining     (last hidden layer: first checkpoint, TPT, end)
-2. deep neural collapse                     (NC1 falls with depth at the final checkpoint)
-3. where collapse happens                   (share of each layer's log-NC1 drop at input -> S Vᵀ vs the ReLU)
-4. the Neural Feature Ansatz                (final corr(WᵀW, AGOP^α) per layer, and whether it rose)
-5. Deep RFM                                 (NC1/NC2 fall over depth; share of each layer's drop at the AGOP step)
-6. random labels                            (TPT reached; NC1 still falling after it)
+P1. deep neural collapse                    (NC1 falls with depth, at the paper's horizon)
+P2. where collapse happens                  (share of each layer's log-NC1 drop at input -> S Vᵀ vs the ReLU)
+P3. the Neural Feature Ansatz               (corr(WᵀW, AGOP^½) per layer, at the paper's horizon)
+P4. Deep RFM                                (NC1 and NC2 fall along each official curve; the AGOP step's share)
 
+and hypotheses beyond it, which the tool tests but the paper does not state:
+
+B1. collapse continues after the TPT        (Papyan, Han & Donoho 2020)
+B2. random labels collapse                  (the talk slides on the paper, J. Setpal 2024)
+B3. the NFA stays high long after epoch 250
+
+Every threshold is the tool's choice (the paper states none): a verdict is a list of `Criterion`s, each showing
+the measured number, the threshold's key and value, and the value of that key at which the verdict would flip.
 `CLAIMS` registers them with, per kind of run (dnc_cli/runs.py), why a claim does not apply to it.
 """
 
@@ -25,8 +32,13 @@ from dnc_cli.runs import DEEP_RFM, NETWORK
 from dnc_cli.tables import RFM_STAGES, SVD_STAGES
 
 HOLDS, FAILS, NA = "holds", "does not hold", "not applicable"
-COURSE_METRICS = ("nc1_trace", "nc1", "nc2", "nc2_gram", "nc3", "nc4")  # claim 1, last hidden layer
-DEPTH_METRICS = ("nc1_trace", "nc1", "nc2")  # claim 2, per layer
+PAPER, BEYOND = "paper", "beyond"  # a claim's scope: the paper's own, or a hypothesis beyond it
+COURSE_METRICS = ("nc1_trace", "nc1", "nc2", "nc2_gram", "nc3", "nc4")  # B1, last hidden layer
+DEPTH_METRICS = ("nc1_trace", "nc1", "nc2", "nc2_gram")  # P1, per layer
+# P4: the official deep_rfm.py's three curves, and the NC2 form it plots (PAPER.md, "Deep RFM")
+RFM_CURVES = dict(zip(RFM_STAGES, ("X_l", "M^½X_l", "Φ(M^½X_l)"), strict=True))
+RFM_NC2 = "nc2_gram"
+THRESHOLD_NOTE = "thresholds are the tool's choice (conf/report.yaml): the paper states none"
 
 
 @dataclass
@@ -36,6 +48,48 @@ class Measured:
     numbers: dict[str, float] = field(default_factory=dict)
     layers: dict[int, dict[str, float]] = field(default_factory=dict)
     not_applicable: str | None = None
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """One test of a verdict: `value` against the threshold `key` of ReportConfig (≥, or > when `strict`); the
+    test changes its outcome when `key` crosses the measured value."""
+
+    what: str
+    value: float
+    key: str
+    threshold: float
+    strict: bool = False
+
+    @property
+    def passes(self) -> bool:
+        return self.value > self.threshold if self.strict else self.value >= self.threshold
+
+    def text(self) -> str:
+        # a ≥ test passes while the threshold is ≤ the value, a > test while it is < the value
+        if self.passes:
+            change, op = "fail", "≥" if self.strict else ">"
+        else:
+            change, op = "pass", "<" if self.strict else "≤"
+        return (f"{self.what} = {fmt(self.value)} (needs {'>' if self.strict else '≥'} {fmt(self.threshold)}, "
+                f"`{self.key}`: {'passes' if self.passes else 'fails'}; would {change} at `{self.key}` {op} "
+                f"{fmt(self.value)})")
+
+
+def decide(criteria: list[Criterion], context: str = "") -> tuple[str, str]:
+    """The verdict of a list of criteria (holds when every one passes) and its reason, each criterion with its
+    measured number, threshold and flip value."""
+    verdict = HOLDS if all(c.passes for c in criteria) else FAILS
+    parts = [c.text() for c in criteria]
+    return verdict, (f"{context}: " if context else "") + "; ".join(parts) + f" [{THRESHOLD_NOTE}]"
+
+
+def majority_flip(shares: list[float], majority: float) -> float:
+    """The per-layer share threshold t at which "a share of layers > majority has share ≥ t" flips: with the shares
+    sorted high to low, the m-th largest, m = ⌊majority·n⌋ + 1 layers being the fewest that make a majority."""
+    ranked = sorted(shares, reverse=True)
+    needed = math.floor(majority * len(ranked)) + 1
+    return ranked[needed - 1] if needed <= len(ranked) else math.nan
 
 
 def fmt(x: float) -> str:
@@ -71,8 +125,217 @@ def _hidden_layers(run: RunData, split: str, metric: str) -> list[int]:
     return sorted(int(x) for x in run.rows(split, "", metric)["layer"].unique() if x >= 1)
 
 
+def horizon_epoch(epochs, cfg: ReportConfig) -> int:
+    """The checkpoint the paper's claims about a trained network are judged at: the last one at or before
+    `paper_horizon` (the official runs' length), or the first checkpoint if all are later; every checkpoint when
+    paper_horizon is null."""
+    epochs = sorted(int(e) for e in epochs)
+    if cfg.paper_horizon is None:
+        return epochs[-1]
+    within = [e for e in epochs if e <= cfg.paper_horizon]
+    return within[-1] if within else epochs[0]
+
+
+# ------------------------------------------------------------------------------------------- the paper's claims
+def measure_depth(run: RunData, cfg: ReportConfig) -> Measured:
+    form = cfg.nc1_form
+    own = run.rows(cfg.split, "", form)
+    if own.empty:
+        return Measured(not_applicable=f"no per-layer {form} ({cfg.split} split) in the table")
+    epoch = horizon_epoch(own["epoch"].unique(), cfg)
+    layers = {int(layer): {m: run.value(cfg.split, epoch, int(layer), "", m) for m in DEPTH_METRICS}
+              for layer in sorted(own.query("epoch == @epoch")["layer"].unique())}
+    hidden = [layer for layer in layers if layer >= 1]
+    if len(hidden) < 2:
+        return Measured(layers=layers, not_applicable="fewer than 2 hidden layers: no depth to fall over")
+    values = [layers[layer][form] for layer in hidden]
+    steps = [b < a for a, b in zip(values, values[1:]) if math.isfinite(a) and math.isfinite(b)]
+    numbers = {"judged_epoch": epoch, "falling_steps": float(np.mean(steps)) if steps else math.nan,
+               "fall_first_to_last": ratio(values[0], values[-1]),
+               "nc2_fall_first_to_last": ratio(layers[hidden[0]]["nc2"], layers[hidden[-1]]["nc2"])}
+    return Measured(numbers, layers)
+
+
+def judge_depth(n: dict[str, float], cfg: ReportConfig) -> tuple[str, str]:
+    share, fall = n["falling_steps"], n["fall_first_to_last"]
+    if math.isnan(share):
+        return NA, f"{cfg.nc1_form} is not finite in the hidden layers"
+    return decide([Criterion(f"share of layer→layer steps where NC1 ({cfg.nc1_form}) falls", share, "majority",
+                             cfg.majority, strict=True),
+                   Criterion("NC1 fall from the first to the last hidden layer (×)", fall, "depth_fall_factor",
+                             cfg.depth_fall_factor, strict=True)],
+                  f"at epoch {fmt(n['judged_epoch'])}")
+
+
+def measure_where(run: RunData, cfg: ReportConfig) -> Measured:
+    form = cfg.nc1_form
+    rows = run.rows(cfg.split, "right", form)
+    if rows.empty:
+        return Measured(not_applicable="no SVD-decomposed NC1 (stages input/right/left/activation) in the table: "
+                                       "run `dnc analyze` with families including svd")
+    epoch = horizon_epoch(rows["epoch"].unique(), cfg)
+    layers, shares = {}, []
+    for layer in sorted(int(x) for x in rows.query("epoch == @epoch")["layer"].unique()):
+        v = {stage: run.value(cfg.split, epoch, layer, stage, form) for stage in SVD_STAGES}
+        total = log_drop(v["input"], v["activation"])
+        row = v | {"fall": ratio(v["input"], v["activation"]), "linear_share": math.nan,
+                   "nonlinear_share": math.nan}
+        if total >= math.log(cfg.min_layer_fall):  # nan compares False: no reduction, not judged
+            row["linear_share"] = log_drop(v["input"], v["right"]) / total
+            row["nonlinear_share"] = log_drop(v["left"], v["activation"]) / total
+            shares.append(row["linear_share"])
+        layers[layer] = row
+    numbers = {"judged_epoch": epoch, "layers": len(layers), "layers_judged": len(shares),
+               "linear_dominant": float(np.mean([s >= cfg.linear_share for s in shares])) if shares else math.nan,
+               "linear_share_flip": majority_flip(shares, cfg.majority),
+               "mean_linear_share": _mean(r["linear_share"] for r in layers.values()),
+               "mean_nonlinear_share": _mean(r["nonlinear_share"] for r in layers.values())}
+    return Measured(numbers, layers)
+
+
+def judge_where(n: dict[str, float], cfg: ReportConfig) -> tuple[str, str]:
+    if math.isnan(n["linear_dominant"]):
+        return NA, (f"no reduction: in no layer did {cfg.nc1_form} fall by ≥ {cfg.min_layer_fall:g}× from input to "
+                    f"activation at epoch {fmt(n['judged_epoch'])}")
+    verdict, reason = decide(
+        [Criterion(f"share of the {fmt(n['layers_judged'])} layers with a reduction whose input → S Vᵀ step carries "
+                   f"≥ `linear_share` = {cfg.linear_share:.0%} of the log-NC1 drop", n["linear_dominant"], "majority",
+                   cfg.majority, strict=True)],
+        f"at epoch {fmt(n['judged_epoch'])}")
+    return verdict, reason + (f"; that share crosses `majority` at `linear_share` = {fmt(n['linear_share_flip'])}; "
+                              f"mean share: linear {n['mean_linear_share']:.0%}, nonlinearity "
+                              f"{n['mean_nonlinear_share']:.0%}")
+
+
+def _nfa_table(run: RunData, cfg: ReportConfig):
+    """The train split's paper-form NFA rows and their powers, or the reason there are none."""
+    all_nfa = run.rows("train", "")
+    nfa = all_nfa[all_nfa["metric"].str.startswith("nfa_corr_")]
+    if nfa.empty:
+        return all_nfa, None, [], "no NFA correlations in the table: run `dnc analyze` with families including nfa"
+    metrics = sorted(nfa["metric"].unique(), key=lambda m: float(m.removeprefix("nfa_corr_")))
+    decisive = f"nfa_corr_{cfg.nfa_power:g}"
+    if decisive not in metrics:
+        return all_nfa, nfa, metrics, f"no {decisive} in the table (it has {', '.join(metrics)}): set nfa_power"
+    return all_nfa, nfa, metrics, None
+
+
+def _nfa_at(run: RunData, all_nfa, metrics: list[str], epochs: dict[str, int]) -> Measured:
+    """Every layer's NFA correlation per power at the named epochs, the means over layers, and the other NFA forms
+    (dnc_cli/analyze/network.py `nfa_rows`) at the last named epoch, reported and never judged."""
+    layers: dict[int, dict[str, float]] = {}
+    numbers: dict[str, float] = {f"{name}_epoch": e for name, e in epochs.items()}
+    for metric in metrics:
+        alpha = metric.removeprefix("nfa_corr_")
+        for layer in sorted(int(x) for x in all_nfa.query("metric == @metric")["layer"].unique()):
+            row = layers.setdefault(layer, {})
+            row |= {f"α={alpha}|{name}": run.value("train", e, layer, "", metric) for name, e in epochs.items()}
+        for name in epochs:
+            numbers[f"α={alpha}|{name}"] = _mean(row.get(f"α={alpha}|{name}", math.nan) for row in layers.values())
+    last_name, last = list(epochs.items())[-1]
+    for form in NFA_FORMS[1:]:
+        prefix = f"nfa_{form}_corr_"
+        for metric in sorted(m for m in all_nfa["metric"].unique() if m.startswith(prefix)):
+            key = f"{form} α={metric.removeprefix(prefix)}|{last_name}"
+            for layer, row in layers.items():
+                row[key] = run.value("train", last, layer, "", metric)
+            numbers[key] = _mean(row[key] for row in layers.values())
+    return Measured(numbers, layers)
+
+
+def measure_nfa(run: RunData, cfg: ReportConfig) -> Measured:
+    all_nfa, nfa, metrics, missing = _nfa_table(run, cfg)
+    if missing:
+        return Measured(not_applicable=missing)
+    epochs = sorted(int(e) for e in nfa.query("metric == @metrics[0]")["epoch"].unique())
+    judged = horizon_epoch(epochs, cfg)
+    measured = _nfa_at(run, all_nfa, metrics, {"first": epochs[0], "judged": judged})
+    alpha = f"α={cfg.nfa_power:g}"
+    measured.numbers["rise"] = (measured.numbers[f"{alpha}|judged"] - measured.numbers[f"{alpha}|first"]
+                                if judged > epochs[0] else math.nan)
+    return measured
+
+
+def judge_nfa(n: dict[str, float], cfg: ReportConfig) -> tuple[str, str]:
+    final = n[f"α={cfg.nfa_power:g}|judged"]
+    if math.isnan(final):
+        return NA, f"corr(WᵀW, AGOP^{cfg.nfa_power:g}) is not finite"
+    verdict, reason = decide([Criterion(f"mean over layers of corr(WᵀW, AGOP^{cfg.nfa_power:g})", final,
+                                        "nfa_min_corr", cfg.nfa_min_corr)],
+                             f"at epoch {fmt(n['judged_epoch'])}")
+    rise = n["rise"]
+    return verdict, reason + ("" if math.isnan(rise) else
+                              f"; it moved {rise:+.3f} from epoch {fmt(n['first_epoch'])} (reported, not judged)")
+
+
+def measure_rfm(run: RunData, cfg: ReportConfig) -> Measured:
+    """Along each official curve (X_l, M^½X_l, Φ(M^½X_l)): NC1 and NC2 (mean-square form) from layer 1 to layer L,
+    the Frobenius NC2 beside them, and the share of each layer's log-NC1 drop at the AGOP step."""
+    form = cfg.nc1_form
+    rows = run.rows(cfg.split, "input", form)
+    if rows.empty:
+        return Measured(not_applicable=f"no Deep RFM stage rows (input/agop/activation, {form}, {cfg.split} split)")
+    epoch = int(rows["epoch"].max())
+    depth = sorted(int(x) for x in rows.query("epoch == @epoch")["layer"].unique())
+    if len(depth) < 2:
+        return Measured(not_applicable="fewer than 2 Deep RFM layers: no depth to fall over")
+    layers: dict[int, dict[str, float]] = {layer: {} for layer in depth}
+    numbers: dict[str, float] = {"layers": len(depth)}
+    for metric in (form, RFM_NC2, "nc2"):
+        for stage, curve in RFM_CURVES.items():
+            values = [run.value(cfg.split, epoch, layer, stage, metric) for layer in depth]
+            for layer, value in zip(depth, values):
+                layers[layer][f"{metric}|{curve}"] = value
+            numbers[f"{metric}|{curve}"] = ratio(values[0], values[-1])
+            # the geometric rate the theory predicts, as the mean factor per layer (reported, not judged)
+            numbers[f"{metric} per layer|{curve}"] = ratio(values[0], values[-1]) ** (1 / (len(depth) - 1))
+    shares = []
+    for i, layer in enumerate(depth):
+        # a layer's drop: its input to the next layer's input (the last layer: to its own output)
+        start = run.value(cfg.split, epoch, layer, "input", form)
+        end = (run.value(cfg.split, epoch, depth[i + 1], "input", form) if i + 1 < len(depth)
+               else run.value(cfg.split, epoch, layer, "activation", form))
+        total = log_drop(start, end)
+        share = (log_drop(start, run.value(cfg.split, epoch, layer, "agop", form)) / total
+                 if total >= math.log(cfg.min_layer_fall) else math.nan)
+        layers[layer]["agop_share"] = share
+        if not math.isnan(share):
+            shares.append(share)
+        accuracy = run.value(cfg.split, epoch, layer, "", "kernel_acc")
+        if not math.isnan(accuracy):
+            layers[layer]["kernel_acc"] = accuracy
+    numbers["layers_judged"] = len(shares)
+    numbers["agop_dominant"] = float(np.mean([s >= cfg.agop_share for s in shares])) if shares else math.nan
+    numbers["agop_share_flip"] = majority_flip(shares, cfg.majority)
+    numbers["mean_agop_share"] = _mean(shares)
+    return Measured(numbers, layers)
+
+
+def rfm_curve_criteria(n: dict[str, float], cfg: ReportConfig) -> list[Criterion]:
+    """P4's falls: NC1 and the official NC2 along each of the three curves, from layer 1 to layer L."""
+    return [Criterion(f"{name} fall along {curve}, layer 1 → {fmt(n['layers'])} (×)", n[f"{metric}|{curve}"],
+                      "rfm_fall_factor", cfg.rfm_fall_factor)
+            for curve in RFM_CURVES.values()
+            for metric, name in ((cfg.nc1_form, f"NC1 ({cfg.nc1_form})"), (RFM_NC2, f"NC2 ({RFM_NC2})"))]
+
+
+def judge_rfm(n: dict[str, float], cfg: ReportConfig) -> tuple[str, str]:
+    criteria = rfm_curve_criteria(n, cfg)
+    if math.isnan(n["agop_dominant"]):
+        verdict, reason = decide(criteria)
+        return FAILS, reason + f"; no layer's {cfg.nc1_form} fell by ≥ {cfg.min_layer_fall:g}×, so no drop to attribute"
+    criteria.append(Criterion(f"share of the {fmt(n['layers_judged'])} layers with a reduction whose X → M^½X step "
+                              f"carries ≥ `agop_share` = {cfg.agop_share:.0%} of the log-NC1 drop",
+                              n["agop_dominant"], "majority", cfg.majority, strict=True))
+    verdict, reason = decide(criteria)
+    return verdict, reason + (f"; that share crosses `majority` at `agop_share` = {fmt(n['agop_share_flip'])} (a "
+                              "share above 1: the AGOP step fell further than the whole layer, whose random features "
+                              "raised NC1 again)")
+
+
+# --------------------------------------------------------------------------------------------- beyond the paper
 def _course(run: RunData, cfg: ReportConfig, metrics: tuple[str, ...]) -> Measured:
-    """The last hidden layer's metrics at the first checkpoint, the TPT checkpoint and the end (claims 1 and 6)."""
+    """The last hidden layer's metrics at the first checkpoint, the TPT checkpoint and the end (B1 and B2)."""
     form = cfg.nc1_form
     layers = _hidden_layers(run, cfg.split, form)
     if not layers:
@@ -108,180 +371,14 @@ def judge_overtraining(n: dict[str, float], cfg: ReportConfig) -> tuple[str, str
     if math.isnan(after):
         return NA, (f"no analysed checkpoint after the TPT (epoch {fmt(n['tpt_epoch'])}): train past it "
                     "(epochs_after_tpt) to judge overtraining")
-    verdict = HOLDS if fall >= cfg.collapse_factor and after >= cfg.post_tpt_factor else FAILS
-    return verdict, (f"NC1 ({form}) of hidden layer {fmt(n['layer'])} fell {fmt(fall)}× from epoch "
-                     f"{fmt(n['first_epoch'])} to {fmt(n['end_epoch'])} (needs ≥ {cfg.collapse_factor:g}×) and "
-                     f"{fmt(after)}× after the TPT at epoch {fmt(n['tpt_epoch'])} (needs ≥ {cfg.post_tpt_factor:g}×)")
-
-
-def measure_depth(run: RunData, cfg: ReportConfig) -> Measured:
-    form = cfg.nc1_form
-    own = run.rows(cfg.split, "", form)
-    if own.empty:
-        return Measured(not_applicable=f"no per-layer {form} ({cfg.split} split) in the table")
-    final = int(own["epoch"].max())
-    layers = {int(layer): {m: run.value(cfg.split, final, int(layer), "", m) for m in DEPTH_METRICS}
-              for layer in sorted(own.query("epoch == @final")["layer"].unique())}
-    hidden = [layer for layer in layers if layer >= 1]
-    if len(hidden) < 2:
-        return Measured(layers=layers, not_applicable="fewer than 2 hidden layers: no depth to fall over")
-    values = [layers[layer][form] for layer in hidden]
-    steps = [b < a for a, b in zip(values, values[1:]) if math.isfinite(a) and math.isfinite(b)]
-    numbers = {"final_epoch": final, "falling_steps": float(np.mean(steps)) if steps else math.nan,
-               "fall_first_to_last": ratio(values[0], values[-1])}
-    return Measured(numbers, layers)
-
-
-def judge_depth(n: dict[str, float], cfg: ReportConfig) -> tuple[str, str]:
-    share, fall = n["falling_steps"], n["fall_first_to_last"]
-    if math.isnan(share):
-        return NA, f"{cfg.nc1_form} is not finite in the hidden layers"
-    verdict = HOLDS if share > cfg.majority and fall > 1 else FAILS
-    return verdict, (f"at epoch {fmt(n['final_epoch'])}, NC1 ({cfg.nc1_form}) falls in {share:.0%} of the "
-                     f"layer→layer steps (needs > {cfg.majority:.0%}) and {fmt(fall)}× from the first to the last "
-                     "hidden layer (needs > 1×)")
-
-
-def measure_where(run: RunData, cfg: ReportConfig) -> Measured:
-    form = cfg.nc1_form
-    rows = run.rows(cfg.split, "right", form)
-    if rows.empty:
-        return Measured(not_applicable="no SVD-decomposed NC1 (stages input/right/left/activation) in the table: "
-                                       "run `dnc analyze` with families including svd")
-    final = int(rows["epoch"].max())
-    layers, shares = {}, []
-    for layer in sorted(int(x) for x in rows.query("epoch == @final")["layer"].unique()):
-        v = {stage: run.value(cfg.split, final, layer, stage, form) for stage in SVD_STAGES}
-        total = log_drop(v["input"], v["activation"])
-        row = v | {"fall": ratio(v["input"], v["activation"]), "linear_share": math.nan,
-                   "nonlinear_share": math.nan}
-        if total >= math.log(cfg.min_layer_fall):  # nan compares False: no reduction, not judged
-            row["linear_share"] = log_drop(v["input"], v["right"]) / total
-            row["nonlinear_share"] = log_drop(v["left"], v["activation"]) / total
-            shares.append(row["linear_share"])
-        layers[layer] = row
-    numbers = {"final_epoch": final, "layers": len(layers), "layers_judged": len(shares),
-               "linear_dominant": float(np.mean([s >= cfg.linear_share for s in shares])) if shares else math.nan,
-               "mean_linear_share": _mean(r["linear_share"] for r in layers.values()),
-               "mean_nonlinear_share": _mean(r["nonlinear_share"] for r in layers.values())}
-    return Measured(numbers, layers)
-
-
-def judge_where(n: dict[str, float], cfg: ReportConfig) -> tuple[str, str]:
-    if math.isnan(n["linear_dominant"]):
-        return NA, (f"no reduction: in no layer did {cfg.nc1_form} fall by ≥ {cfg.min_layer_fall:g}× from input to "
-                    f"activation at epoch {fmt(n['final_epoch'])}")
-    verdict = HOLDS if n["linear_dominant"] > cfg.majority else FAILS
-    return verdict, (f"at epoch {fmt(n['final_epoch'])}, input → S Vᵀ carries ≥ {cfg.linear_share:.0%} of the "
-                     f"log-{cfg.nc1_form} drop in {n['linear_dominant']:.0%} of the {fmt(n['layers_judged'])} layers "
-                     f"with a reduction (needs > {cfg.majority:.0%}); mean share: linear "
-                     f"{n['mean_linear_share']:.0%}, nonlinearity {n['mean_nonlinear_share']:.0%}")
-
-
-def measure_nfa(run: RunData, cfg: ReportConfig) -> Measured:
-    all_nfa = run.rows("train", "")
-    nfa = all_nfa[all_nfa["metric"].str.startswith("nfa_corr_")]
-    if nfa.empty:
-        return Measured(not_applicable="no NFA correlations in the table: run `dnc analyze` with families including "
-                                       "nfa")
-    metrics = sorted(nfa["metric"].unique(), key=lambda m: float(m.removeprefix("nfa_corr_")))
-    decisive = f"nfa_corr_{cfg.nfa_power:g}"
-    if decisive not in metrics:
-        return Measured(not_applicable=f"no {decisive} in the table (it has {', '.join(metrics)}): set nfa_power")
-    epochs = sorted(int(e) for e in nfa.query("metric == @decisive")["epoch"].unique())
-    first, final = epochs[0], epochs[-1]
-    layers: dict[int, dict[str, float]] = {}
-    numbers: dict[str, float] = {"first_epoch": first, "final_epoch": final}
-    for metric in metrics:
-        alpha = metric.removeprefix("nfa_corr_")
-        for layer in sorted(int(x) for x in nfa.query("metric == @metric")["layer"].unique()):
-            layers.setdefault(layer, {})
-            layers[layer] |= {f"α={alpha}|first": run.value("train", first, layer, "", metric),
-                              f"α={alpha}|final": run.value("train", final, layer, "", metric)}
-        numbers[f"α={alpha}|first"] = _mean(row.get(f"α={alpha}|first", math.nan) for row in layers.values())
-        numbers[f"α={alpha}|final"] = _mean(row.get(f"α={alpha}|final", math.nan) for row in layers.values())
-    # the other NFA forms (dnc_cli/analyze/network.py `nfa_rows`), reported at the final checkpoint, never judged
-    for form in NFA_FORMS[1:]:
-        prefix = f"nfa_{form}_corr_"
-        for metric in sorted(m for m in all_nfa["metric"].unique() if m.startswith(prefix)):
-            key = f"{form} α={metric.removeprefix(prefix)}|final"
-            for layer, row in layers.items():
-                row[key] = run.value("train", final, layer, "", metric)
-            numbers[key] = _mean(row[key] for row in layers.values())
-    alpha = f"α={cfg.nfa_power:g}"
-    numbers["rise"] = numbers[f"{alpha}|final"] - numbers[f"{alpha}|first"] if final > first else math.nan
-    rose = [row[f"{alpha}|final"] > row[f"{alpha}|first"] for row in layers.values()
-            if f"{alpha}|final" in row and math.isfinite(row[f"{alpha}|final"] - row[f"{alpha}|first"])]
-    numbers["rose_layers"] = float(np.mean(rose)) if rose and final > first else math.nan
-    return Measured(numbers, layers)
-
-
-def judge_nfa(n: dict[str, float], cfg: ReportConfig) -> tuple[str, str]:
-    alpha = f"α={cfg.nfa_power:g}"
-    final, first, rise = n[f"{alpha}|final"], n[f"{alpha}|first"], n["rise"]
-    if math.isnan(final):
-        return NA, f"corr(WᵀW, AGOP^{cfg.nfa_power:g}) is not finite"
-    high = final >= cfg.nfa_min_corr
-    text = (f"mean over layers of corr(WᵀW, AGOP^{cfg.nfa_power:g}) at epoch {fmt(n['final_epoch'])} is {final:.3f} "
-            f"(needs ≥ {cfg.nfa_min_corr:g})")
-    if math.isnan(rise):
-        return (HOLDS if high else FAILS), text + "; one checkpoint only, so whether it rose is not measured"
-    verdict = HOLDS if high and rise > 0 else FAILS
-    return verdict, text + (f" and it {'rose' if rise > 0 else 'did not rise'} from {first:.3f} at epoch "
-                            f"{fmt(n['first_epoch'])} ({rise:+.3f}; needs a rise)")
-
-
-def measure_rfm(run: RunData, cfg: ReportConfig) -> Measured:
-    form = cfg.nc1_form
-    rows = run.rows(cfg.split, "input", form)
-    if rows.empty:
-        return Measured(not_applicable=f"no Deep RFM stage rows (input/agop/activation, {form}, {cfg.split} split)")
-    epoch = int(rows["epoch"].max())
-    depth = sorted(int(x) for x in rows.query("epoch == @epoch")["layer"].unique())
-    layers: dict[int, dict[str, float]] = {layer: {} for layer in depth}
-    numbers: dict[str, float] = {"layers": len(depth)}
-    shares: dict[str, list[float]] = {}
-    for metric in (form, "nc2"):
-        v = {(layer, stage): run.value(cfg.split, epoch, layer, stage, metric) for layer in depth
-             for stage in RFM_STAGES}
-        for i, layer in enumerate(depth):
-            # a layer's drop: its input to the next layer's input (the last layer: to its own output)
-            end = v[(depth[i + 1], "input")] if i + 1 < len(depth) else v[(layer, "activation")]
-            total = log_drop(v[(layer, "input")], end)
-            share = (log_drop(v[(layer, "input")], v[(layer, "agop")]) / total
-                     if total >= math.log(cfg.min_layer_fall) else math.nan)
-            layers[layer] |= {f"{metric}|{stage}": v[(layer, stage)] for stage in RFM_STAGES}
-            layers[layer][f"{metric}|agop_share"] = share
-            shares.setdefault(metric, []).append(share)
-        numbers[f"{metric}|first_input"] = v[(depth[0], "input")]
-        numbers[f"{metric}|last"] = v[(depth[-1], "activation")]
-        numbers[f"{metric}|fall"] = ratio(numbers[f"{metric}|first_input"], numbers[f"{metric}|last"])
-        numbers[f"{metric}|mean_agop_share"] = _mean(shares[metric])
-    judged = [s for s in shares[form] if not math.isnan(s)]
-    numbers["layers_judged"] = len(judged)
-    numbers["agop_dominant"] = float(np.mean([s >= cfg.agop_share for s in judged])) if judged else math.nan
-    for layer in depth:
-        accuracy = run.value(cfg.split, epoch, layer, "", "kernel_acc")
-        if not math.isnan(accuracy):
-            layers[layer]["kernel_acc"] = accuracy
-    return Measured(numbers, layers)
-
-
-def judge_rfm(n: dict[str, float], cfg: ReportConfig) -> tuple[str, str]:
-    form = cfg.nc1_form
-    nc1, nc2, dominant = n[f"{form}|fall"], n.get("nc2|fall", math.nan), n["agop_dominant"]
-    falls = (f"over {fmt(n['layers'])} layers {form} fell {fmt(nc1)}× and nc2 {fmt(nc2)}× (each needs ≥ "
-             f"{cfg.rfm_fall_factor:g}×)")
-    if math.isnan(dominant):
-        return FAILS, falls + f"; no layer's {form} fell by ≥ {cfg.min_layer_fall:g}×, so no drop to attribute"
-    ok = nc1 >= cfg.rfm_fall_factor and nc2 >= cfg.rfm_fall_factor and dominant > cfg.majority
-    return (HOLDS if ok else FAILS), (falls + f"; input → M^½ carries ≥ {cfg.agop_share:.0%} of the layer's "
-                                      f"log-{form} drop in {dominant:.0%} of the {fmt(n['layers_judged'])} layers with "
-                                      f"a reduction (needs > {cfg.majority:.0%})")
+    return decide([Criterion(f"NC1 ({form}) fall of hidden layer {fmt(n['layer'])}, epoch {fmt(n['first_epoch'])} "
+                             f"→ {fmt(n['end_epoch'])} (×)", fall, "collapse_factor", cfg.collapse_factor),
+                   Criterion(f"its fall after the TPT at epoch {fmt(n['tpt_epoch'])} (×)", after, "post_tpt_factor",
+                             cfg.post_tpt_factor)])
 
 
 def has_random_labels(run: RunData) -> str | None:
-    """Claim 6's precondition: the reason it does not apply to a run without random labels."""
+    """B2's precondition: the reason it does not apply to a run without random labels."""
     return None if run.random_labels else "not a random-label run (dataset.labels.random_fraction = 0)"
 
 
@@ -302,17 +399,43 @@ def judge_random(n: dict[str, float], cfg: ReportConfig) -> tuple[str, str]:
     if math.isnan(after):
         return NA, (f"TPT reached at epoch {fmt(n['tpt_epoch'])} but no analysed checkpoint after it: train past it "
                     "(epochs_after_tpt)")
-    verdict = HOLDS if after >= cfg.still_falling_factor else FAILS
-    return verdict, (f"TPT reached at epoch {fmt(n['tpt_epoch'])}; after it NC1 ({form}) of hidden layer "
-                     f"{fmt(n['layer'])} fell {fmt(after)}× by epoch {fmt(n['end_epoch'])} "
-                     f"(needs ≥ {cfg.still_falling_factor:g}×)")
+    return decide([Criterion(f"NC1 ({form}) fall of hidden layer {fmt(n['layer'])} after the TPT, epoch "
+                             f"{fmt(n['tpt_epoch'])} → {fmt(n['end_epoch'])} (×)", after, "still_falling_factor",
+                             cfg.still_falling_factor)])
+
+
+def measure_nfa_long(run: RunData, cfg: ReportConfig) -> Measured:
+    all_nfa, nfa, metrics, missing = _nfa_table(run, cfg)
+    if missing:
+        return Measured(not_applicable=missing)
+    epochs = sorted(int(e) for e in nfa.query("metric == @metrics[0]")["epoch"].unique())
+    horizon = horizon_epoch(epochs, cfg)
+    if cfg.paper_horizon is None or epochs[-1] <= cfg.paper_horizon:
+        return Measured(not_applicable=f"no analysed checkpoint after the paper's horizon (paper_horizon="
+                                       f"{cfg.paper_horizon}; the last is epoch {epochs[-1]})")
+    measured = _nfa_at(run, all_nfa, metrics, {"horizon": horizon, "end": epochs[-1]})
+    alpha = f"α={cfg.nfa_power:g}"
+    measured.numbers["change"] = measured.numbers[f"{alpha}|end"] - measured.numbers[f"{alpha}|horizon"]
+    return measured
+
+
+def judge_nfa_long(n: dict[str, float], cfg: ReportConfig) -> tuple[str, str]:
+    end = n[f"α={cfg.nfa_power:g}|end"]
+    if math.isnan(end):
+        return NA, f"corr(WᵀW, AGOP^{cfg.nfa_power:g}) is not finite"
+    verdict, reason = decide([Criterion(f"mean over layers of corr(WᵀW, AGOP^{cfg.nfa_power:g})", end,
+                                        "nfa_min_corr", cfg.nfa_min_corr)],
+                             f"at epoch {fmt(n['end_epoch'])}")
+    return verdict, reason + f"; {n['change']:+.3f} since epoch {fmt(n['horizon_epoch'])} (reported, not judged)"
 
 
 @dataclass(frozen=True)
 class ClaimSpec:
-    number: int
+    number: str  # P1.. for the paper's claims, B1.. for hypotheses beyond it
     key: str
     title: str
+    scope: str  # PAPER | BEYOND
+    source: str  # where the claim comes from: the paper, an official script, the talk slides, or other work
     figures: tuple[str, ...]
     measure: Callable[[RunData, ReportConfig], Measured]
     judge: Callable[[dict[str, float], ReportConfig], tuple[str, str]]
@@ -323,23 +446,45 @@ class ClaimSpec:
 
 
 CLAIMS = (
-    ClaimSpec(1, "overtraining", "Neural collapse through overtraining", ("nc_metrics", "training"),
+    ClaimSpec("P1", "depth", "Deep neural collapse: NC1 falls with depth", PAPER,
+              "the paper: abstract (deep neural collapse in trained networks) and its per-layer NC figures; "
+              "official `nc_nn.py` measures NC1 of every layer's features every 10 epochs up to epoch 250",
+              ("layers",), measure_depth, judge_depth, lambda c: ("falling_steps", "fall_first_to_last"),
+              not_for={DEEP_RFM: "a Deep RFM's collapse over depth is claim P4"}),
+    ClaimSpec("P2", "where", "Where collapse happens: the right singular structure, not the ReLU", PAPER,
+              "the paper: its SVD-decomposed NC1 figures; official `nc_nn.py` computes NC1 of h, S Vᵀh, U S Vᵀh and "
+              "ReLU(U S Vᵀh) for every layer W = U S Vᵀ, and `gen_nn_plots.py` draws them",
+              ("svd_nc1",), measure_where, judge_where,
+              lambda c: ("linear_dominant", "mean_linear_share", "mean_nonlinear_share"),
+              not_for={DEEP_RFM: "a Deep RFM has no weight matrices to decompose (see claim P4)"}),
+    ClaimSpec("P3", "nfa", "Neural Feature Ansatz: WᵀW highly correlated with AGOP^½", PAPER,
+              "the paper: the Neural Feature Ansatz and its NFA figures; official `nc_nn.py` computes "
+              "corr(W_lᵀW_l, AGOP_l^½) (and AGOP^1) for every layer up to epoch 250",
+              ("nfa",), measure_nfa, judge_nfa, lambda c: (f"α={c.nfa_power:g}|judged", "rise"),
+              "AGOP power (mean over layers)",
+              not_for={DEEP_RFM: "a Deep RFM has no trained weights (its AGOP is the feature matrix itself)"}),
+    ClaimSpec("P4", "rfm", "Deep RFM: NC1 and NC2 fall over the layers, at the AGOP projection", PAPER,
+              "the paper: abstract (collapse 'as a consequence of the projection with the AGOP matrix computed at "
+              "each layer') and its Deep RFM figures; official `deep_rfm.py` measures NC1 and NC2 (mean-square form) "
+              "of X_l, M^½X_l and Φ(M^½X_l) at every layer and draws them as three semilog curves",
+              ("rfm_curves", "rfm_layers", "gram"), measure_rfm, judge_rfm,
+              lambda c: tuple(f"{m}|{curve}" for m in (c.nc1_form, RFM_NC2) for curve in RFM_CURVES.values())
+              + ("agop_dominant",), "metric: fall layer 1 → L (×)",
+              not_for={NETWORK: "not a Deep RFM run"}),
+    ClaimSpec("B1", "overtraining", "Collapse continues after the TPT", BEYOND,
+              "beyond the paper: Papyan, Han & Donoho (2020, PNAS); the official runs stop at epoch 250 and never "
+              "compute train accuracy or the terminal phase (TPT)", ("nc_metrics", "training"),
               measure_overtraining, judge_overtraining,
               lambda c: ("tpt_epoch", f"{c.nc1_form}|fall_from_first", f"{c.nc1_form}|fall_after_tpt"), "metric",
-              not_for={DEEP_RFM: "a Deep RFM is not trained (see claim 5)"}),
-    ClaimSpec(2, "depth", "Deep neural collapse: NC1 falls with depth", ("layers",), measure_depth, judge_depth,
-              lambda c: ("falling_steps", "fall_first_to_last"),
-              not_for={DEEP_RFM: "a Deep RFM's collapse over depth is claim 5"}),
-    ClaimSpec(3, "where", "Where collapse happens: the right singular structure, not the ReLU", ("svd_nc1",),
-              measure_where, judge_where, lambda c: ("linear_dominant", "mean_linear_share", "mean_nonlinear_share"),
-              not_for={DEEP_RFM: "a Deep RFM has no weight matrices to decompose (see claim 5)"}),
-    ClaimSpec(4, "nfa", "Neural Feature Ansatz: WᵀW ∝ AGOP^α", ("nfa",), measure_nfa, judge_nfa,
-              lambda c: (f"α={c.nfa_power:g}|final", "rise"), "AGOP power (mean over layers)",
-              not_for={DEEP_RFM: "a Deep RFM has no trained weights (its AGOP is the feature matrix itself)"}),
-    ClaimSpec(5, "rfm", "Deep RFM: collapse over depth, at the AGOP projection", ("rfm_layers", "gram"),
-              measure_rfm, judge_rfm, lambda c: (f"{c.nc1_form}|fall", "nc2|fall", "agop_dominant"), "metric",
-              not_for={NETWORK: "not a Deep RFM run"}),
-    ClaimSpec(6, "random_labels", "Random labels: TPT reached, NC1 still falling after it", ("nc_metrics", "training"),
-              measure_random, judge_random, lambda c: ("tpt_reached", "tpt_epoch", f"{c.nc1_form}|fall_after_tpt"),
-              "metric", not_for={DEEP_RFM: "a Deep RFM is not trained: there is no TPT"}, requires=has_random_labels),
+              not_for={DEEP_RFM: "a Deep RFM is not trained (see claim P4)"}),
+    ClaimSpec("B2", "random_labels", "Random labels: TPT reached, NC1 still falling after it", BEYOND,
+              "beyond the paper: the talk slides on the paper (J. Setpal, 2024); the paper has no random-label "
+              "experiment", ("nc_metrics", "training"), measure_random, judge_random,
+              lambda c: ("tpt_reached", "tpt_epoch", f"{c.nc1_form}|fall_after_tpt"), "metric",
+              not_for={DEEP_RFM: "a Deep RFM is not trained: there is no TPT"}, requires=has_random_labels),
+    ClaimSpec("B3", "nfa_long", "The NFA stays high long after the paper's horizon", BEYOND,
+              "beyond the paper: the official runs stop at epoch 250, so the paper says nothing of the NFA later",
+              ("nfa",), measure_nfa_long, judge_nfa_long, lambda c: (f"α={c.nfa_power:g}|end", "change"),
+              "AGOP power (mean over layers)",
+              not_for={DEEP_RFM: "a Deep RFM has no trained weights"}),
 )

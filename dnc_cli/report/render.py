@@ -5,10 +5,11 @@ std over its runs, taken as seeds, and each run's headline numbers and verdict i
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 from pathlib import Path
 
 from dnc_cli.config import RUN_ONLY_KEYS, SEED_KEY, ReportConfig
-from dnc_cli.report.claims import CLAIMS, FAILS, HOLDS, NA, fmt
+from dnc_cli.report.claims import BEYOND, CLAIMS, FAILS, HOLDS, NA, PAPER, THRESHOLD_NOTE, fmt
 from dnc_cli.report.run_data import RunData, get
 from dnc_cli.report.verdicts import Claim
 from dnc_cli.runs import FIGURES_DIR
@@ -32,7 +33,16 @@ LABELS = {
     "agop_dominant": "share of layers collapsing at the AGOP",
     "mean_agop_share": "mean AGOP share", "kernel_acc": "kernel accuracy", "random_fraction": "random label fraction",
     "n_relabelled": "samples relabelled", "tpt_reached": "TPT reached (share of runs)",
+    "judged_epoch": "judged at (epoch)", "nc2_fall_first_to_last": "NC2 fall first→last hidden layer (×)",
+    "linear_share_flip": "largest linear_share that keeps the verdict",
+    "agop_share_flip": "largest agop_share that keeps the verdict", "judged": "judged checkpoint",
+    "horizon": "paper's horizon", "horizon_epoch": "paper's horizon checkpoint (epoch)",
+    "change": "change of the mean correlation horizon→end",
 }
+SCOPES = {PAPER: ("The paper's claims", "What the paper (Beaglehole et al., NeurIPS 2024) states, judged on the "
+                  "quantities its own code computes and plots."),
+          BEYOND: ("Beyond the paper", "Hypotheses the paper does not state, tested by the tool and reported as "
+                   "such.")}
 
 
 def cell(mean: float, std: float = math.nan) -> str:
@@ -74,22 +84,32 @@ def figure_links(claim: Claim, out_dir: Path, plot_target: Path) -> str:
 
 
 def claims_markdown(claims: list[Claim], out_dir: Path, plot_target: Path) -> list[str]:
-    lines = ["## Verdicts", "", markdown_table(["#", "claim", "verdict", "figure"],
-                                       [[str(c.number), c.title, f"**{c.verdict}**",
-                                         ", ".join(f"[{n}](figures/{n}.png)" for n in c.figures)] for c in claims])]
+    """The verdict tables, one per scope (the paper's claims, then the hypotheses beyond it), then every claim's
+    source, verdict with its thresholds, figures and numbers."""
+    lines = []
+    for scope, (heading, intro) in SCOPES.items():
+        lines += [f"## {heading}", "", intro, "",
+                  markdown_table(["#", "claim", "verdict", "source", "figure"],
+                                 [[c.number, c.title, f"**{c.verdict}**", c.source.split(":")[0],
+                                   ", ".join(f"[{n}](figures/{n}.png)" for n in c.figures)]
+                                  for c in claims if c.scope == scope]), ""]
+    lines += ["Every threshold is the tool's choice, set in conf/report.yaml: the paper states none. Each verdict "
+              "below gives the measured number, the threshold, and the threshold at which the verdict would flip.",
+              ""]
     for claim, spec in zip(claims, CLAIMS):
-        lines += ["", f"## {claim.number}. {claim.title}: **{claim.verdict}**", "", claim.reason[:1].upper()
-                  + claim.reason[1:] + ".", "", figure_links(claim, out_dir, plot_target)]
+        reason = claim.reason[:1].upper() + claim.reason[1:]
+        lines += [f"## {claim.number}. {claim.title}: **{claim.verdict}**", "", f"Source: {claim.source}.", "",
+                  "\n".join(f"- {part}" for part in reason.split("; ")), "", figure_links(claim, out_dir, plot_target)]
         if claim.numbers or claim.layers:
             lines += ["", numbers_markdown(claim, spec.row_name or "quantity")]
-    return lines
+        lines.append("")
+    return lines[:-1]
 
 
 def thresholds_markdown(cfg: ReportConfig) -> list[str]:
-    keys = ["nc1_form", "split", "collapse_factor", "post_tpt_factor", "majority", "linear_share", "min_layer_fall",
-            "nfa_min_corr", "nfa_power", "rfm_fall_factor", "agop_share", "still_falling_factor"]
-    return ["## Thresholds", "", "Set with `dnc report key=value` (documented in conf/report.yaml): "
-            + ", ".join(f"`{k}={getattr(cfg, k)}`" for k in keys) + "."]
+    keys = [f.name for f in fields(ReportConfig) if f.name not in ("run_dir", "until_epoch")]
+    return ["## Thresholds", "", f"The {THRESHOLD_NOTE}. Set with `dnc report key=value` (documented in "
+            "conf/report.yaml): " + ", ".join(f"`{k}={getattr(cfg, k)}`" for k in keys) + "."]
 
 
 def _run_facts(run: RunData) -> dict[str, str]:
@@ -109,8 +129,8 @@ def render_run(run: RunData, claims: list[Claim], cfg: ReportConfig) -> str:
     facts = _run_facts(run)
     lines = [f"# dnc report: {run.path.name}", "", f"Run `{run.path}`: "
              + ", ".join(f"{k} {v}" for k, v in facts.items()) + ".", "",
-             "Each claim of the paper (Beaglehole et al., NeurIPS 2024) with this run's numbers and a verdict: "
-             f"{HOLDS}, {FAILS} or {NA}. NC metrics are from the {cfg.split} split.", ""]
+             "The paper's claims (Beaglehole et al., NeurIPS 2024), and hypotheses beyond it, with this run's numbers "
+             f"and a verdict: {HOLDS}, {FAILS} or {NA}. NC metrics are from the {cfg.split} split.", ""]
     lines += claims_markdown(claims, run.path, run.path)
     return "\n".join(lines + ["", *thresholds_markdown(cfg), ""])
 
@@ -156,5 +176,6 @@ def render_sweep(root: Path, runs: list[RunData], per_run: list[list[Claim]], cl
         body = [[name, runs_claims[i].verdict] + [fmt(runs_claims[i].numbers.get(k, math.nan)) for k in keys]
                 for name, runs_claims in zip(names, per_run)]
         header = ["run", "verdict"] + [" ".join(label(p) for p in k.split("|")) for k in keys]
-        lines += [f"**{spec.number}. {spec.title}**", "", markdown_table(header, body), ""]
+        lines += [f"**{spec.number}. {spec.title}** ({SCOPES[spec.scope][0].lower()})", "",
+                  markdown_table(header, body), ""]
     return "\n".join(lines + thresholds_markdown(cfg) + [""])

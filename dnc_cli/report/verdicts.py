@@ -18,9 +18,11 @@ from dnc_cli.report.run_data import RunData
 class Claim:
     """A claim's numbers for one run (or mean and std over a sweep's runs), verdict and figures."""
 
-    number: int
+    number: str
     key: str
     title: str
+    scope: str  # claims.PAPER | claims.BEYOND
+    source: str
     verdict: str
     reason: str
     figures: tuple[str, ...]
@@ -37,7 +39,8 @@ def evaluate(spec: ClaimSpec, run: RunData, cfg: ReportConfig) -> Claim:
     to; else measured and judged."""
     reason = (spec.requires(run) if spec.requires is not None else None) or spec.not_for.get(run.kind)
     measured = Measured(not_applicable=reason) if reason else spec.measure(run, cfg)
-    base = dict(number=spec.number, key=spec.key, title=spec.title, figures=spec.figures)
+    base = dict(number=spec.number, key=spec.key, title=spec.title, scope=spec.scope, source=spec.source,
+                figures=spec.figures)
     if measured.not_applicable:
         return Claim(**base, verdict=NA, reason=measured.not_applicable, numbers=measured.numbers,
                      layers=measured.layers, runs=0, measured=False)
@@ -62,7 +65,8 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def aggregate(spec: ClaimSpec, claims: list[Claim], cfg: ReportConfig) -> Claim:
     """One claim over a sweep's runs: mean ± std of every number over the runs it applies to; verdict on the means."""
-    base = dict(number=spec.number, key=spec.key, title=spec.title, figures=spec.figures)
+    base = dict(number=spec.number, key=spec.key, title=spec.title, scope=spec.scope, source=spec.source,
+                figures=spec.figures)
     applicable = [c for c in claims if c.measured]
     if not applicable:
         reasons = "; ".join(dict.fromkeys(c.reason for c in claims))
