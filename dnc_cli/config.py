@@ -232,43 +232,32 @@ class PlotConfig:
 # ---------------------------------------------------------------------------------------------------- dnc report
 @dataclass
 class ReportConfig:
-    """`dnc report`: the paper's claims, and hypotheses beyond it, judged from a run's (or a sweep's) tables. Every
-    verdict threshold is here, and every one is the tool's choice: the paper states none (PAPER.md, "Claims and
-    where they come from"). Each verdict names its thresholds and the value at which it would flip.
-
-    Falls are factors (before / after, so 10.0 = "fell tenfold"); shares are fractions of a log-NC drop."""
+    """`dnc report`: the paper's claims and hypotheses beyond it, judged from the tables. Every verdict threshold is
+    here, each the tool's choice (the paper states none). Falls are factors (before / after: 10.0 = tenfold); shares
+    are fractions of a log-NC drop."""
 
     run_dir: str = "outputs"
     nc1_form: str = "nc1_trace"  # the NC1 form the verdicts use (both forms are reported): nc1_trace | nc1
     split: str = "train"  # split of the NC metrics judged (NFA is always train)
-    # judge the runs as they stood at this epoch (e.g. the paper's 250 of a longer run): report_until_epoch<N>.md
-    until_epoch: int | None = None
-    # the paper's claims about trained networks are judged at the last analysed checkpoint at or before this epoch:
-    # the official MLP runs stop at epoch 250 (not a threshold; null: at the run's last checkpoint)
+    until_epoch: int | None = None  # judge the runs as they stood at this epoch: report_until_epoch<N>.md
+    # P1-P3 are judged at the last checkpoint at or before this epoch, the official MLP runs' length (null: the last)
     paper_horizon: int | None = 250
-    # "most layers" = a share of layers (of layer-to-layer steps for deep collapse) strictly above `majority`
-    majority: float = 0.5
-    # the paper's claims. Deep neural collapse: NC1 falls in most layer-to-layer steps, and from the first to the last
-    # hidden layer by more than this factor
-    depth_fall_factor: float = 1.0
-    # where collapse happens: a layer's collapse is linear when input -> right (S Vᵀ) carries >= linear_share of its
-    # log-NC1 drop
+    majority: float = 0.5  # "most layers" = a share of layers (P1: of layer-to-layer steps) strictly above this
+    depth_fall_factor: float = 1.0  # P1: NC1 falls in most steps and by more than this from the first to last layer
+    # P2: a layer collapses linearly when input -> right (S Vᵀ) carries >= linear_share of its log-NC1 drop
     linear_share: float = 0.5
-    # a layer whose NC1 falls by less than this factor (input -> activation) has "no reduction": not judged
-    min_layer_fall: float = 1.05
-    # NFA: the mean over layers of corr(WᵀW, AGOP^nfa_power) is >= nfa_min_corr ("highly correlated")
-    nfa_min_corr: float = 0.8
+    min_layer_fall: float = 1.05  # P2, P4: a layer whose NC1 falls by less than this is not judged
+    nfa_min_corr: float = 0.8  # P3 (and B3 after the horizon): mean over layers of corr(WᵀW, AGOP^nfa_power)
     nfa_power: float = 0.5
-    # Deep RFM: along each curve (X_l, M^½ X_l, Φ(M^½ X_l)) NC1 and NC2 (the official mean-square form) fall >=
-    # rfm_fall_factor from layer 1 to layer L, and in most layers X -> M^½ X carries >= agop_share of the log-NC1 drop
+    # P4: along each curve (X_l, M^½X_l, Φ(M^½X_l)) NC1 and NC2 (official mean-square form) fall >= rfm_fall_factor
+    # from layer 1 to L, and in most layers X -> M^½X carries >= agop_share of the log-NC1 drop
     rfm_fall_factor: float = 10.0
     agop_share: float = 0.5
-    # beyond the paper. Collapse after the TPT (Papyan et al. 2020): NC1 of the last hidden layer falls >=
-    # collapse_factor from the first checkpoint to the end, and >= post_tpt_factor from the TPT checkpoint to the end
+    # B1: NC1 of the last hidden layer falls >= collapse_factor from the first checkpoint to the end, and >=
+    # post_tpt_factor from the TPT checkpoint to the end
     collapse_factor: float = 10.0
     post_tpt_factor: float = 2.0
-    # random labels (talk slides): TPT reached, and NC1 of the last hidden layer falls >= still_falling_factor after it
-    still_falling_factor: float = 2.0
+    still_falling_factor: float = 2.0  # B2: TPT reached, and NC1 of the last hidden layer falls >= this after it
 
 
 # ---------------------------------------------------------------------------------------------------- dnc measure

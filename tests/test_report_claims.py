@@ -19,19 +19,8 @@ from report_tables import (
 )
 
 from dnc_cli.config import ReportConfig
-from dnc_cli.report.claims import (
-    BEYOND,
-    CLAIMS,
-    FAILS,
-    HOLDS,
-    NA,
-    PAPER,
-    Criterion,
-    fmt,
-    majority_flip,
-    measure_where,
-    ratio,
-)
+from dnc_cli.report.claims import BEYOND, CLAIMS, PAPER, measure_where
+from dnc_cli.report.criteria import FAILS, HOLDS, NA, Criterion, fmt, majority_flip, ratio
 from dnc_cli.report.run_data import load_run
 from dnc_cli.report.verdicts import evaluate_run
 

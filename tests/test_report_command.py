@@ -12,8 +12,9 @@ from report_tables import CFG, falling, linear_svd, network_metrics, rfm_metrics
 
 from dnc_cli.config import ReportConfig
 from dnc_cli.errors import UsageError
-from dnc_cli.report.claims import CLAIMS, FAILS, HOLDS, NA
+from dnc_cli.report.claims import CLAIMS
 from dnc_cli.report.command import write_report
+from dnc_cli.report.criteria import FAILS, HOLDS, NA
 from dnc_cli.report.run_data import load_run
 from dnc_cli.report.verdicts import aggregate, evaluate_run
 

@@ -1,22 +1,9 @@
-"""What `dnc report` judges (PAPER.md, "Claims and where they come from"), each claim as one pure function that
-measures a run's numbers and one that judges them against the thresholds of `ReportConfig` (dnc_cli/config.py,
-the only place they live). Every claim carries its source. The paper's own claims:
-
-P1. deep neural collapse                    (NC1 falls with depth, at the paper's horizon)
-P2. where collapse happens                  (share of each layer's log-NC1 drop at input -> S Vᵀ vs the ReLU)
-P3. the Neural Feature Ansatz               (corr(WᵀW, AGOP^½) per layer, at the paper's horizon)
-P4. Deep RFM                                (NC1 and NC2 fall along each official curve; the AGOP step's share)
-
-and hypotheses beyond it, which the tool tests but the paper does not state:
-
-B1. collapse continues after the TPT        (Papyan, Han & Donoho 2020)
-B2. random labels collapse                  (the talk slides on the paper, J. Setpal 2024)
-B3. the NFA stays high long after epoch 250
-
-Every threshold is the tool's choice (the paper states none): a verdict is a list of `Criterion`s, each showing
-the measured number, the threshold's key and value, and the value of that key at which the verdict would flip.
-`CLAIMS` registers them with, per kind of run (dnc_cli/runs.py), why a claim does not apply to it.
-"""
+"""What `dnc report` judges (PAPER.md, "Claims and where they come from"): each claim is one pure function that
+measures a run's numbers and one that judges them (dnc_cli/report/criteria.py) against the thresholds of
+`ReportConfig`, and carries its source. The paper's claims: P1 deep neural collapse, P2 collapse at the right
+singular structure, P3 the NFA (all three at the paper's horizon), P4 Deep RFM curve by curve. Hypotheses beyond
+it: B1 collapse after the TPT (Papyan et al. 2020), B2 random labels (the talk slides), B3 the NFA after epoch 250.
+`CLAIMS` registers them with, per kind of run (dnc_cli/runs.py), why a claim does not apply to it."""
 
 from __future__ import annotations
 
@@ -27,108 +14,34 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dnc_cli.config import NFA_FORMS, ReportConfig
+from dnc_cli.report.criteria import (
+    FAILS,
+    NA,
+    Criterion,
+    Measured,
+    decide,
+    fmt,
+    log_drop,
+    majority_flip,
+    mean_finite,
+    ratio,
+)
 from dnc_cli.report.run_data import RunData
 from dnc_cli.runs import DEEP_RFM, NETWORK
 from dnc_cli.tables import RFM_STAGES, SVD_STAGES
 
-HOLDS, FAILS, NA = "holds", "does not hold", "not applicable"
 PAPER, BEYOND = "paper", "beyond"  # a claim's scope: the paper's own, or a hypothesis beyond it
 COURSE_METRICS = ("nc1_trace", "nc1", "nc2", "nc2_gram", "nc3", "nc4")  # B1, last hidden layer
 DEPTH_METRICS = ("nc1_trace", "nc1", "nc2", "nc2_gram")  # P1, per layer
 # P4: the official deep_rfm.py's three curves, and the NC2 form it plots (PAPER.md, "Deep RFM")
 RFM_CURVES = dict(zip(RFM_STAGES, ("X_l", "M^½X_l", "Φ(M^½X_l)"), strict=True))
 RFM_NC2 = "nc2_gram"
-THRESHOLD_NOTE = "thresholds are the tool's choice (conf/report.yaml): the paper states none"
-
-
-@dataclass
-class Measured:
-    """What a claim's measure returns: scalar numbers, per-layer numbers, or the reason it does not apply."""
-
-    numbers: dict[str, float] = field(default_factory=dict)
-    layers: dict[int, dict[str, float]] = field(default_factory=dict)
-    not_applicable: str | None = None
-
-
-@dataclass(frozen=True)
-class Criterion:
-    """One test of a verdict: `value` against the threshold `key` of ReportConfig (≥, or > when `strict`); the
-    test changes its outcome when `key` crosses the measured value."""
-
-    what: str
-    value: float
-    key: str
-    threshold: float
-    strict: bool = False
-
-    @property
-    def passes(self) -> bool:
-        return self.value > self.threshold if self.strict else self.value >= self.threshold
-
-    def text(self) -> str:
-        # a ≥ test passes while the threshold is ≤ the value, a > test while it is < the value
-        if self.passes:
-            change, op = "fail", "≥" if self.strict else ">"
-        else:
-            change, op = "pass", "<" if self.strict else "≤"
-        return (f"{self.what} = {fmt(self.value)} (needs {'>' if self.strict else '≥'} {fmt(self.threshold)}, "
-                f"`{self.key}`: {'passes' if self.passes else 'fails'}; would {change} at `{self.key}` {op} "
-                f"{fmt(self.value)})")
-
-
-def decide(criteria: list[Criterion], context: str = "") -> tuple[str, str]:
-    """The verdict of a list of criteria (holds when every one passes) and its reason, each criterion with its
-    measured number, threshold and flip value."""
-    verdict = HOLDS if all(c.passes for c in criteria) else FAILS
-    parts = [c.text() for c in criteria]
-    return verdict, (f"{context}: " if context else "") + "; ".join(parts) + f" [{THRESHOLD_NOTE}]"
-
-
-def majority_flip(shares: list[float], majority: float) -> float:
-    """The per-layer share threshold t at which "a share of layers > majority has share ≥ t" flips: with the shares
-    sorted high to low, the m-th largest, m = ⌊majority·n⌋ + 1 layers being the fewest that make a majority."""
-    ranked = sorted(shares, reverse=True)
-    needed = math.floor(majority * len(ranked)) + 1
-    return ranked[needed - 1] if needed <= len(ranked) else math.nan
-
-
-def fmt(x: float) -> str:
-    """3 significant digits; whole numbers (epochs, counts) in full; nan as —, inf as ∞."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "—"
-    if math.isinf(x):
-        return "∞" if x > 0 else "−∞"
-    if float(x).is_integer() and abs(x) < 1e6:
-        return str(int(x))
-    return f"{x:.3g}"
-
-
-def ratio(before: float, after: float) -> float:
-    """The factor a quantity fell by (before / after): inf when it reached 0, nan when undefined."""
-    if not (math.isfinite(before) and math.isfinite(after)):
-        return math.nan
-    if after == 0:
-        return math.inf if before > 0 else math.nan
-    return before / after
-
-
-def log_drop(before: float, after: float) -> float:
-    return math.log(before) - math.log(after) if before > 0 and after > 0 else math.nan
-
-
-def _mean(values) -> float:
-    values = [v for v in values if not math.isnan(v)]
-    return float(np.mean(values)) if values else math.nan
-
-
 def _hidden_layers(run: RunData, split: str, metric: str) -> list[int]:
     return sorted(int(x) for x in run.rows(split, "", metric)["layer"].unique() if x >= 1)
 
 
 def horizon_epoch(epochs, cfg: ReportConfig) -> int:
-    """The checkpoint the paper's claims about a trained network are judged at: the last one at or before
-    `paper_horizon` (the official runs' length), or the first checkpoint if all are later; every checkpoint when
-    paper_horizon is null."""
+    """Where P1-P3 are judged: the last checkpoint at or before `paper_horizon` (else the first; null: the last)."""
     epochs = sorted(int(e) for e in epochs)
     if cfg.paper_horizon is None:
         return epochs[-1]
@@ -188,8 +101,8 @@ def measure_where(run: RunData, cfg: ReportConfig) -> Measured:
     numbers = {"judged_epoch": epoch, "layers": len(layers), "layers_judged": len(shares),
                "linear_dominant": float(np.mean([s >= cfg.linear_share for s in shares])) if shares else math.nan,
                "linear_share_flip": majority_flip(shares, cfg.majority),
-               "mean_linear_share": _mean(r["linear_share"] for r in layers.values()),
-               "mean_nonlinear_share": _mean(r["nonlinear_share"] for r in layers.values())}
+               "mean_linear_share": mean_finite(r["linear_share"] for r in layers.values()),
+               "mean_nonlinear_share": mean_finite(r["nonlinear_share"] for r in layers.values())}
     return Measured(numbers, layers)
 
 
@@ -231,7 +144,8 @@ def _nfa_at(run: RunData, all_nfa, metrics: list[str], epochs: dict[str, int]) -
             row = layers.setdefault(layer, {})
             row |= {f"α={alpha}|{name}": run.value("train", e, layer, "", metric) for name, e in epochs.items()}
         for name in epochs:
-            numbers[f"α={alpha}|{name}"] = _mean(row.get(f"α={alpha}|{name}", math.nan) for row in layers.values())
+            numbers[f"α={alpha}|{name}"] = mean_finite(row.get(f"α={alpha}|{name}", math.nan)
+                                                       for row in layers.values())
     last_name, last = list(epochs.items())[-1]
     for form in NFA_FORMS[1:]:
         prefix = f"nfa_{form}_corr_"
@@ -239,7 +153,7 @@ def _nfa_at(run: RunData, all_nfa, metrics: list[str], epochs: dict[str, int]) -
             key = f"{form} α={metric.removeprefix(prefix)}|{last_name}"
             for layer, row in layers.items():
                 row[key] = run.value("train", last, layer, "", metric)
-            numbers[key] = _mean(row[key] for row in layers.values())
+            numbers[key] = mean_finite(row[key] for row in layers.values())
     return Measured(numbers, layers)
 
 
@@ -307,7 +221,7 @@ def measure_rfm(run: RunData, cfg: ReportConfig) -> Measured:
     numbers["layers_judged"] = len(shares)
     numbers["agop_dominant"] = float(np.mean([s >= cfg.agop_share for s in shares])) if shares else math.nan
     numbers["agop_share_flip"] = majority_flip(shares, cfg.majority)
-    numbers["mean_agop_share"] = _mean(shares)
+    numbers["mean_agop_share"] = mean_finite(shares)
     return Measured(numbers, layers)
 
 
@@ -359,10 +273,6 @@ def _course(run: RunData, cfg: ReportConfig, metrics: tuple[str, ...]) -> Measur
     return Measured(numbers)
 
 
-def measure_overtraining(run: RunData, cfg: ReportConfig) -> Measured:
-    return _course(run, cfg, COURSE_METRICS)
-
-
 def judge_overtraining(n: dict[str, float], cfg: ReportConfig) -> tuple[str, str]:
     form = cfg.nc1_form
     if math.isnan(n["tpt_epoch"]):
@@ -377,8 +287,7 @@ def judge_overtraining(n: dict[str, float], cfg: ReportConfig) -> tuple[str, str
                              cfg.post_tpt_factor)])
 
 
-def has_random_labels(run: RunData) -> str | None:
-    """B2's precondition: the reason it does not apply to a run without random labels."""
+def has_random_labels(run: RunData) -> str | None:  # B2's precondition
     return None if run.random_labels else "not a random-label run (dataset.labels.random_fraction = 0)"
 
 
@@ -474,7 +383,7 @@ CLAIMS = (
     ClaimSpec("B1", "overtraining", "Collapse continues after the TPT", BEYOND,
               "beyond the paper: Papyan, Han & Donoho (2020, PNAS); the official runs stop at epoch 250 and never "
               "compute train accuracy or the terminal phase (TPT)", ("nc_metrics", "training"),
-              measure_overtraining, judge_overtraining,
+              lambda run, cfg: _course(run, cfg, COURSE_METRICS), judge_overtraining,
               lambda c: ("tpt_epoch", f"{c.nc1_form}|fall_from_first", f"{c.nc1_form}|fall_after_tpt"), "metric",
               not_for={DEEP_RFM: "a Deep RFM is not trained (see claim P4)"}),
     ClaimSpec("B2", "random_labels", "Random labels: TPT reached, NC1 still falling after it", BEYOND,

@@ -9,7 +9,8 @@ from dataclasses import fields
 from pathlib import Path
 
 from dnc_cli.config import RUN_ONLY_KEYS, SEED_KEY, ReportConfig
-from dnc_cli.report.claims import BEYOND, CLAIMS, FAILS, HOLDS, NA, PAPER, THRESHOLD_NOTE, fmt
+from dnc_cli.report.claims import BEYOND, CLAIMS, PAPER
+from dnc_cli.report.criteria import FAILS, HOLDS, NA, THRESHOLD_NOTE, fmt
 from dnc_cli.report.run_data import RunData, get
 from dnc_cli.report.verdicts import Claim
 from dnc_cli.runs import FIGURES_DIR

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dnc_cli.config import ReportConfig
-from dnc_cli.report.claims import CLAIMS, NA, ClaimSpec, Measured
+from dnc_cli.report.claims import CLAIMS, ClaimSpec
+from dnc_cli.report.criteria import NA, Measured
 from dnc_cli.report.run_data import RunData
 
 
