@@ -123,8 +123,12 @@ def test_paper_claims_are_judged_at_the_paper_horizon_and_the_nfa_after_it_beyon
     assert nfa.verdict == HOLDS and nfa.numbers["judged_epoch"] == 250
     assert long.verdict == FAILS and long.numbers["end_epoch"] == 600 and long.numbers["change"] == pytest.approx(-0.3)
     assert claim_of(run, "depth").numbers["judged_epoch"] == 250
+    assert "at the end (epoch 600) the fall is" in claim_of(run, "depth").reason
     anywhere = ReportConfig(paper_horizon=None)
     assert claim_of(run, "nfa", anywhere).verdict == FAILS and claim_of(run, "nfa_long", anywhere).verdict == NA
+    # the paper never trained on random labels: its claims are judged at the end of such a run
+    random = write_run(tmp_path / "random", decays, random_fraction=1.0)
+    assert claim_of(random, "nfa").numbers["judged_epoch"] == 600 and claim_of(random, "nfa").verdict == FAILS
 
 
 def test_every_claim_carries_its_source_and_scope():
@@ -201,7 +205,7 @@ def test_deep_rfm_is_judged_curve_by_curve_on_the_official_nc2(tmp_path):
     claim = claim_of(run, "rfm")
     assert [claim.numbers[f"nc2_gram|{c}"] for c in ("X_l", "M^½X_l", "Φ(M^½X_l)")] == pytest.approx([50, 80, 8])
     assert claim.verdict == FAILS
-    assert "NC2 (nc2_gram) fall along Φ(M^½X_l), layer 1 → 4 (×) = 8 (needs ≥ 10, `rfm_fall_factor`: fails; " \
+    assert "NC2 (nc2_gram) fall along Φ(M^½X_l), layer 1 → 4 (×) = 8 (needs ≥ 10, `rfm_fall_factor`: fails, " \
            "would pass at `rfm_fall_factor` ≤ 8)" in claim.reason
     assert claim_of(run, "rfm", ReportConfig(rfm_fall_factor=8.0)).verdict == HOLDS
     assert claim.numbers["nc2|X_l"] == pytest.approx(0.3 ** -3) and "(nc2)" not in claim.reason

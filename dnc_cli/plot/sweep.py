@@ -200,7 +200,10 @@ def fig_compare(metrics: pd.DataFrame, param: str, keys: list[str], nc1_form: st
             if label not in legend_labels:
                 handles.append(handle)
                 legend_labels.append(label)
-    fig.legend(handles, legend_labels, loc="outside lower center", ncol=min(len(handles), 4), frameon=False)
+    # as many columns as fit the figure's width (a legend wider than the figure is cut off): ~5.5 pt per character
+    column_pt = 5.5 * max(map(len, legend_labels), default=1) + 40
+    columns = max(1, min(len(handles), 4, int(fig.get_figwidth() * 72 // column_pt)))
+    fig.legend(handles, legend_labels, loc="outside lower center", ncol=columns, frameon=False)
     where = "last hidden layer, against epoch" if by_epoch else "against layer"
     fig.suptitle(f"Neural collapse for each {name} ({where}; {split} split; mean ± std over seeds)")
     return fig

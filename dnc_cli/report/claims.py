@@ -1,9 +1,9 @@
 """What `dnc report` judges (PAPER.md, "Claims and where they come from"): each claim is one pure function that
-measures a run's numbers and one that judges them (dnc_cli/report/criteria.py) against the thresholds of
-`ReportConfig`, and carries its source. The paper's claims: P1 deep neural collapse, P2 collapse at the right
-singular structure, P3 the NFA (all three at the paper's horizon), P4 Deep RFM curve by curve. Hypotheses beyond
-it: B1 collapse after the TPT (Papyan et al. 2020), B2 random labels (the talk slides), B3 the NFA after epoch 250.
-`CLAIMS` registers them with, per kind of run (dnc_cli/runs.py), why a claim does not apply to it."""
+measures a run's numbers and one that judges them (dnc_cli/report/criteria.py; the NFA's in nfa.py) against the
+thresholds of `ReportConfig`, and carries its source. The paper's claims: P1 deep neural collapse, P2 collapse at
+the right singular structure, P3 the NFA (all three at the paper's horizon), P4 Deep RFM curve by curve. Hypotheses
+beyond it: B1 collapse after the TPT (Papyan et al. 2020), B2 random labels (the talk slides), B3 the NFA after
+epoch 250. `CLAIMS` registers them with, per kind of run (dnc_cli/runs.py), why a claim does not apply to it."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dnc_cli.config import NFA_FORMS, ReportConfig
+from dnc_cli.config import ReportConfig
 from dnc_cli.report.criteria import (
     FAILS,
     NA,
@@ -21,11 +21,13 @@ from dnc_cli.report.criteria import (
     Measured,
     decide,
     fmt,
+    horizon_epoch,
     log_drop,
     majority_flip,
     mean_finite,
     ratio,
 )
+from dnc_cli.report.nfa import judge_nfa, judge_nfa_long, measure_nfa, measure_nfa_long
 from dnc_cli.report.run_data import RunData
 from dnc_cli.runs import DEEP_RFM, NETWORK
 from dnc_cli.tables import RFM_STAGES, SVD_STAGES
@@ -40,28 +42,22 @@ def _hidden_layers(run: RunData, split: str, metric: str) -> list[int]:
     return sorted(int(x) for x in run.rows(split, "", metric)["layer"].unique() if x >= 1)
 
 
-def horizon_epoch(epochs, cfg: ReportConfig) -> int:
-    """Where P1-P3 are judged: the last checkpoint at or before `paper_horizon` (else the first; null: the last)."""
-    epochs = sorted(int(e) for e in epochs)
-    if cfg.paper_horizon is None:
-        return epochs[-1]
-    within = [e for e in epochs if e <= cfg.paper_horizon]
-    return within[-1] if within else epochs[0]
+def _at_end(n: dict[str, float], what: str, key: str) -> str:
+    """The judged number again at the run's last checkpoint, when that is later: reported, not judged."""
+    if "end_epoch" not in n:
+        return ""
+    return f"; at the end (epoch {fmt(n['end_epoch'])}) {what} {fmt(n[key])} (reported, not judged)"
 
 
 # ------------------------------------------------------------------------------------------- the paper's claims
-def measure_depth(run: RunData, cfg: ReportConfig) -> Measured:
-    form = cfg.nc1_form
-    own = run.rows(cfg.split, "", form)
-    if own.empty:
-        return Measured(not_applicable=f"no per-layer {form} ({cfg.split} split) in the table")
-    epoch = horizon_epoch(own["epoch"].unique(), cfg)
+def _depth_at(run: RunData, cfg: ReportConfig, epoch: int) -> Measured:
+    own = run.rows(cfg.split, "", cfg.nc1_form)
     layers = {int(layer): {m: run.value(cfg.split, epoch, int(layer), "", m) for m in DEPTH_METRICS}
               for layer in sorted(own.query("epoch == @epoch")["layer"].unique())}
     hidden = [layer for layer in layers if layer >= 1]
     if len(hidden) < 2:
         return Measured(layers=layers, not_applicable="fewer than 2 hidden layers: no depth to fall over")
-    values = [layers[layer][form] for layer in hidden]
+    values = [layers[layer][cfg.nc1_form] for layer in hidden]
     steps = [b < a for a, b in zip(values, values[1:]) if math.isfinite(a) and math.isfinite(b)]
     numbers = {"judged_epoch": epoch, "falling_steps": float(np.mean(steps)) if steps else math.nan,
                "fall_first_to_last": ratio(values[0], values[-1]),
@@ -69,27 +65,35 @@ def measure_depth(run: RunData, cfg: ReportConfig) -> Measured:
     return Measured(numbers, layers)
 
 
+def measure_depth(run: RunData, cfg: ReportConfig) -> Measured:
+    epochs = run.rows(cfg.split, "", cfg.nc1_form)["epoch"].unique()
+    if not len(epochs):
+        return Measured(not_applicable=f"no per-layer {cfg.nc1_form} ({cfg.split} split) in the table")
+    measured = _depth_at(run, cfg, horizon_epoch(epochs, run, cfg))
+    end = int(max(epochs))
+    if not measured.not_applicable and end > measured.numbers["judged_epoch"]:
+        measured.numbers |= {"end_epoch": end,
+                             "end_fall_first_to_last": _depth_at(run, cfg, end).numbers["fall_first_to_last"]}
+    return measured
+
+
 def judge_depth(n: dict[str, float], cfg: ReportConfig) -> tuple[str, str]:
     share, fall = n["falling_steps"], n["fall_first_to_last"]
     if math.isnan(share):
         return NA, f"{cfg.nc1_form} is not finite in the hidden layers"
-    return decide([Criterion(f"share of layer→layer steps where NC1 ({cfg.nc1_form}) falls", share, "majority",
-                             cfg.majority, strict=True),
-                   Criterion("NC1 fall from the first to the last hidden layer (×)", fall, "depth_fall_factor",
-                             cfg.depth_fall_factor, strict=True)],
-                  f"at epoch {fmt(n['judged_epoch'])}")
+    verdict, reason = decide([Criterion(f"share of layer→layer steps where NC1 ({cfg.nc1_form}) falls", share,
+                                        "majority", cfg.majority, strict=True),
+                              Criterion("NC1 fall from the first to the last hidden layer (×)", fall,
+                                        "depth_fall_factor", cfg.depth_fall_factor, strict=True)],
+                             f"at epoch {fmt(n['judged_epoch'])}")
+    return verdict, reason + _at_end(n, "the fall is", "end_fall_first_to_last")
 
 
-def measure_where(run: RunData, cfg: ReportConfig) -> Measured:
-    form = cfg.nc1_form
-    rows = run.rows(cfg.split, "right", form)
-    if rows.empty:
-        return Measured(not_applicable="no SVD-decomposed NC1 (stages input/right/left/activation) in the table: "
-                                       "run `dnc analyze` with families including svd")
-    epoch = horizon_epoch(rows["epoch"].unique(), cfg)
+def _where_at(run: RunData, cfg: ReportConfig, epoch: int) -> Measured:
+    rows = run.rows(cfg.split, "right", cfg.nc1_form)
     layers, shares = {}, []
     for layer in sorted(int(x) for x in rows.query("epoch == @epoch")["layer"].unique()):
-        v = {stage: run.value(cfg.split, epoch, layer, stage, form) for stage in SVD_STAGES}
+        v = {stage: run.value(cfg.split, epoch, layer, stage, cfg.nc1_form) for stage in SVD_STAGES}
         total = log_drop(v["input"], v["activation"])
         row = v | {"fall": ratio(v["input"], v["activation"]), "linear_share": math.nan,
                    "nonlinear_share": math.nan}
@@ -106,6 +110,19 @@ def measure_where(run: RunData, cfg: ReportConfig) -> Measured:
     return Measured(numbers, layers)
 
 
+def measure_where(run: RunData, cfg: ReportConfig) -> Measured:
+    epochs = run.rows(cfg.split, "right", cfg.nc1_form)["epoch"].unique()
+    if not len(epochs):
+        return Measured(not_applicable="no SVD-decomposed NC1 (stages input/right/left/activation) in the table: "
+                                       "run `dnc analyze` with families including svd")
+    measured = _where_at(run, cfg, horizon_epoch(epochs, run, cfg))
+    end = int(max(epochs))
+    if end > measured.numbers["judged_epoch"]:
+        measured.numbers |= {"end_epoch": end,
+                             "end_mean_linear_share": _where_at(run, cfg, end).numbers["mean_linear_share"]}
+    return measured
+
+
 def judge_where(n: dict[str, float], cfg: ReportConfig) -> tuple[str, str]:
     if math.isnan(n["linear_dominant"]):
         return NA, (f"no reduction: in no layer did {cfg.nc1_form} fall by ≥ {cfg.min_layer_fall:g}× from input to "
@@ -117,69 +134,8 @@ def judge_where(n: dict[str, float], cfg: ReportConfig) -> tuple[str, str]:
         f"at epoch {fmt(n['judged_epoch'])}")
     return verdict, reason + (f"; that share crosses `majority` at `linear_share` = {fmt(n['linear_share_flip'])}; "
                               f"mean share: linear {n['mean_linear_share']:.0%}, nonlinearity "
-                              f"{n['mean_nonlinear_share']:.0%}")
-
-
-def _nfa_table(run: RunData, cfg: ReportConfig):
-    """The train split's paper-form NFA rows and their powers, or the reason there are none."""
-    all_nfa = run.rows("train", "")
-    nfa = all_nfa[all_nfa["metric"].str.startswith("nfa_corr_")]
-    if nfa.empty:
-        return all_nfa, None, [], "no NFA correlations in the table: run `dnc analyze` with families including nfa"
-    metrics = sorted(nfa["metric"].unique(), key=lambda m: float(m.removeprefix("nfa_corr_")))
-    decisive = f"nfa_corr_{cfg.nfa_power:g}"
-    if decisive not in metrics:
-        return all_nfa, nfa, metrics, f"no {decisive} in the table (it has {', '.join(metrics)}): set nfa_power"
-    return all_nfa, nfa, metrics, None
-
-
-def _nfa_at(run: RunData, all_nfa, metrics: list[str], epochs: dict[str, int]) -> Measured:
-    """Every layer's NFA correlation per power at the named epochs, the means over layers, and the other NFA forms
-    (dnc_cli/analyze/network.py `nfa_rows`) at the last named epoch, reported and never judged."""
-    layers: dict[int, dict[str, float]] = {}
-    numbers: dict[str, float] = {f"{name}_epoch": e for name, e in epochs.items()}
-    for metric in metrics:
-        alpha = metric.removeprefix("nfa_corr_")
-        for layer in sorted(int(x) for x in all_nfa.query("metric == @metric")["layer"].unique()):
-            row = layers.setdefault(layer, {})
-            row |= {f"α={alpha}|{name}": run.value("train", e, layer, "", metric) for name, e in epochs.items()}
-        for name in epochs:
-            numbers[f"α={alpha}|{name}"] = mean_finite(row.get(f"α={alpha}|{name}", math.nan)
-                                                       for row in layers.values())
-    last_name, last = list(epochs.items())[-1]
-    for form in NFA_FORMS[1:]:
-        prefix = f"nfa_{form}_corr_"
-        for metric in sorted(m for m in all_nfa["metric"].unique() if m.startswith(prefix)):
-            key = f"{form} α={metric.removeprefix(prefix)}|{last_name}"
-            for layer, row in layers.items():
-                row[key] = run.value("train", last, layer, "", metric)
-            numbers[key] = mean_finite(row[key] for row in layers.values())
-    return Measured(numbers, layers)
-
-
-def measure_nfa(run: RunData, cfg: ReportConfig) -> Measured:
-    all_nfa, nfa, metrics, missing = _nfa_table(run, cfg)
-    if missing:
-        return Measured(not_applicable=missing)
-    epochs = sorted(int(e) for e in nfa.query("metric == @metrics[0]")["epoch"].unique())
-    judged = horizon_epoch(epochs, cfg)
-    measured = _nfa_at(run, all_nfa, metrics, {"first": epochs[0], "judged": judged})
-    alpha = f"α={cfg.nfa_power:g}"
-    measured.numbers["rise"] = (measured.numbers[f"{alpha}|judged"] - measured.numbers[f"{alpha}|first"]
-                                if judged > epochs[0] else math.nan)
-    return measured
-
-
-def judge_nfa(n: dict[str, float], cfg: ReportConfig) -> tuple[str, str]:
-    final = n[f"α={cfg.nfa_power:g}|judged"]
-    if math.isnan(final):
-        return NA, f"corr(WᵀW, AGOP^{cfg.nfa_power:g}) is not finite"
-    verdict, reason = decide([Criterion(f"mean over layers of corr(WᵀW, AGOP^{cfg.nfa_power:g})", final,
-                                        "nfa_min_corr", cfg.nfa_min_corr)],
-                             f"at epoch {fmt(n['judged_epoch'])}")
-    rise = n["rise"]
-    return verdict, reason + ("" if math.isnan(rise) else
-                              f"; it moved {rise:+.3f} from epoch {fmt(n['first_epoch'])} (reported, not judged)")
+                              f"{n['mean_nonlinear_share']:.0%}" + _at_end(n, "the mean linear share is",
+                                                                           "end_mean_linear_share"))
 
 
 def measure_rfm(run: RunData, cfg: ReportConfig) -> Measured:
@@ -313,31 +269,6 @@ def judge_random(n: dict[str, float], cfg: ReportConfig) -> tuple[str, str]:
                              cfg.still_falling_factor)])
 
 
-def measure_nfa_long(run: RunData, cfg: ReportConfig) -> Measured:
-    all_nfa, nfa, metrics, missing = _nfa_table(run, cfg)
-    if missing:
-        return Measured(not_applicable=missing)
-    epochs = sorted(int(e) for e in nfa.query("metric == @metrics[0]")["epoch"].unique())
-    horizon = horizon_epoch(epochs, cfg)
-    if cfg.paper_horizon is None or epochs[-1] <= cfg.paper_horizon:
-        return Measured(not_applicable=f"no analysed checkpoint after the paper's horizon (paper_horizon="
-                                       f"{cfg.paper_horizon}; the last is epoch {epochs[-1]})")
-    measured = _nfa_at(run, all_nfa, metrics, {"horizon": horizon, "end": epochs[-1]})
-    alpha = f"α={cfg.nfa_power:g}"
-    measured.numbers["change"] = measured.numbers[f"{alpha}|end"] - measured.numbers[f"{alpha}|horizon"]
-    return measured
-
-
-def judge_nfa_long(n: dict[str, float], cfg: ReportConfig) -> tuple[str, str]:
-    end = n[f"α={cfg.nfa_power:g}|end"]
-    if math.isnan(end):
-        return NA, f"corr(WᵀW, AGOP^{cfg.nfa_power:g}) is not finite"
-    verdict, reason = decide([Criterion(f"mean over layers of corr(WᵀW, AGOP^{cfg.nfa_power:g})", end,
-                                        "nfa_min_corr", cfg.nfa_min_corr)],
-                             f"at epoch {fmt(n['end_epoch'])}")
-    return verdict, reason + f"; {n['change']:+.3f} since epoch {fmt(n['horizon_epoch'])} (reported, not judged)"
-
-
 @dataclass(frozen=True)
 class ClaimSpec:
     number: str  # P1.. for the paper's claims, B1.. for hypotheses beyond it
@@ -345,6 +276,7 @@ class ClaimSpec:
     title: str
     scope: str  # PAPER | BEYOND
     source: str  # where the claim comes from: the paper, an official script, the talk slides, or other work
+    cite: str  # the source in a few words, for the verdict tables
     figures: tuple[str, ...]
     measure: Callable[[RunData, ReportConfig], Measured]
     judge: Callable[[dict[str, float], ReportConfig], tuple[str, str]]
@@ -358,17 +290,20 @@ CLAIMS = (
     ClaimSpec("P1", "depth", "Deep neural collapse: NC1 falls with depth", PAPER,
               "the paper: abstract (deep neural collapse in trained networks) and its per-layer NC figures; "
               "official `nc_nn.py` measures NC1 of every layer's features every 10 epochs up to epoch 250",
+              "the paper; `nc_nn.py`",
               ("layers",), measure_depth, judge_depth, lambda c: ("falling_steps", "fall_first_to_last"),
               not_for={DEEP_RFM: "a Deep RFM's collapse over depth is claim P4"}),
     ClaimSpec("P2", "where", "Where collapse happens: the right singular structure, not the ReLU", PAPER,
               "the paper: its SVD-decomposed NC1 figures; official `nc_nn.py` computes NC1 of h, S Vᵀh, U S Vᵀh and "
               "ReLU(U S Vᵀh) for every layer W = U S Vᵀ, and `gen_nn_plots.py` draws them",
+              "the paper; `nc_nn.py`, `gen_nn_plots.py`",
               ("svd_nc1",), measure_where, judge_where,
               lambda c: ("linear_dominant", "mean_linear_share", "mean_nonlinear_share"),
               not_for={DEEP_RFM: "a Deep RFM has no weight matrices to decompose (see claim P4)"}),
     ClaimSpec("P3", "nfa", "Neural Feature Ansatz: WᵀW highly correlated with AGOP^½", PAPER,
               "the paper: the Neural Feature Ansatz and its NFA figures; official `nc_nn.py` computes "
               "corr(W_lᵀW_l, AGOP_l^½) (and AGOP^1) for every layer up to epoch 250",
+              "the paper; `nc_nn.py`",
               ("nfa",), measure_nfa, judge_nfa, lambda c: (f"α={c.nfa_power:g}|judged", "rise"),
               "AGOP power (mean over layers)",
               not_for={DEEP_RFM: "a Deep RFM has no trained weights (its AGOP is the feature matrix itself)"}),
@@ -376,24 +311,27 @@ CLAIMS = (
               "the paper: abstract (collapse 'as a consequence of the projection with the AGOP matrix computed at "
               "each layer') and its Deep RFM figures; official `deep_rfm.py` measures NC1 and NC2 (mean-square form) "
               "of X_l, M^½X_l and Φ(M^½X_l) at every layer and draws them as three semilog curves",
+              "the paper (abstract); `deep_rfm.py`",
               ("rfm_curves", "rfm_layers", "gram"), measure_rfm, judge_rfm,
               lambda c: tuple(f"{m}|{curve}" for m in (c.nc1_form, RFM_NC2) for curve in RFM_CURVES.values())
               + ("agop_dominant",), "metric: fall layer 1 → L (×)",
               not_for={NETWORK: "not a Deep RFM run"}),
     ClaimSpec("B1", "overtraining", "Collapse continues after the TPT", BEYOND,
               "beyond the paper: Papyan, Han & Donoho (2020, PNAS); the official runs stop at epoch 250 and never "
-              "compute train accuracy or the terminal phase (TPT)", ("nc_metrics", "training"),
+              "compute train accuracy or the terminal phase (TPT)", "Papyan, Han & Donoho 2020",
+              ("nc_metrics", "training"),
               lambda run, cfg: _course(run, cfg, COURSE_METRICS), judge_overtraining,
               lambda c: ("tpt_epoch", f"{c.nc1_form}|fall_from_first", f"{c.nc1_form}|fall_after_tpt"), "metric",
               not_for={DEEP_RFM: "a Deep RFM is not trained (see claim P4)"}),
     ClaimSpec("B2", "random_labels", "Random labels: TPT reached, NC1 still falling after it", BEYOND,
               "beyond the paper: the talk slides on the paper (J. Setpal, 2024); the paper has no random-label "
-              "experiment", ("nc_metrics", "training"), measure_random, judge_random,
+              "experiment", "talk slides, Setpal 2024", ("nc_metrics", "training"), measure_random, judge_random,
               lambda c: ("tpt_reached", "tpt_epoch", f"{c.nc1_form}|fall_after_tpt"), "metric",
               not_for={DEEP_RFM: "a Deep RFM is not trained: there is no TPT"}, requires=has_random_labels),
     ClaimSpec("B3", "nfa_long", "The NFA stays high long after the paper's horizon", BEYOND,
               "beyond the paper: the official runs stop at epoch 250, so the paper says nothing of the NFA later",
-              ("nfa",), measure_nfa_long, judge_nfa_long, lambda c: (f"α={c.nfa_power:g}|end", "change"),
+              "none: past the official 250 epochs", ("nfa",), measure_nfa_long, judge_nfa_long,
+              lambda c: (f"α={c.nfa_power:g}|end", "change"),
               "AGOP power (mean over layers)",
               not_for={DEEP_RFM: "a Deep RFM has no trained weights"}),
 )

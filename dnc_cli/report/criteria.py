@@ -44,7 +44,7 @@ class Criterion:
         else:
             change, op = "pass", "<" if self.strict else "≤"
         return (f"{self.what} = {fmt(self.value)} (needs {'>' if self.strict else '≥'} {fmt(self.threshold)}, "
-                f"`{self.key}`: {'passes' if self.passes else 'fails'}; would {change} at `{self.key}` {op} "
+                f"`{self.key}`: {'passes' if self.passes else 'fails'}, would {change} at `{self.key}` {op} "
                 f"{fmt(self.value)})")
 
 
@@ -91,3 +91,13 @@ def log_drop(before: float, after: float) -> float:
 def mean_finite(values) -> float:
     values = [v for v in values if not math.isnan(v)]
     return float(np.mean(values)) if values else math.nan
+
+
+def horizon_epoch(epochs, run, cfg) -> int:
+    """Where P1-P3 are judged: the last checkpoint at or before `paper_horizon` (else the first). At the last
+    checkpoint when paper_horizon is null, and for random labels, which the paper never trained on."""
+    epochs = sorted(int(e) for e in epochs)
+    if cfg.paper_horizon is None or run.random_labels:
+        return epochs[-1]
+    within = [e for e in epochs if e <= cfg.paper_horizon]
+    return within[-1] if within else epochs[0]

@@ -39,6 +39,8 @@ LABELS = {
     "agop_share_flip": "largest agop_share that keeps the verdict", "judged": "judged checkpoint",
     "horizon": "paper's horizon", "horizon_epoch": "paper's horizon checkpoint (epoch)",
     "change": "change of the mean correlation horizon→end",
+    "end_fall_first_to_last": "at the end: NC1 fall first→last hidden layer (×)",
+    "end_mean_linear_share": "at the end: mean linear share",
 }
 SCOPES = {PAPER: ("The paper's claims", "What the paper (Beaglehole et al., NeurIPS 2024) states, judged on the "
                   "quantities its own code computes and plots."),
@@ -91,7 +93,7 @@ def claims_markdown(claims: list[Claim], out_dir: Path, plot_target: Path) -> li
     for scope, (heading, intro) in SCOPES.items():
         lines += [f"## {heading}", "", intro, "",
                   markdown_table(["#", "claim", "verdict", "source", "figure"],
-                                 [[c.number, c.title, f"**{c.verdict}**", c.source.split(":")[0],
+                                 [[c.number, c.title, f"**{c.verdict}**", c.cite,
                                    ", ".join(f"[{n}](figures/{n}.png)" for n in c.figures)]
                                   for c in claims if c.scope == scope]), ""]
     lines += ["Every threshold is the tool's choice, set in conf/report.yaml: the paper states none. Each verdict "

@@ -24,6 +24,7 @@ class Claim:
     title: str
     scope: str  # claims.PAPER | claims.BEYOND
     source: str
+    cite: str
     verdict: str
     reason: str
     figures: tuple[str, ...]
@@ -41,7 +42,7 @@ def evaluate(spec: ClaimSpec, run: RunData, cfg: ReportConfig) -> Claim:
     reason = (spec.requires(run) if spec.requires is not None else None) or spec.not_for.get(run.kind)
     measured = Measured(not_applicable=reason) if reason else spec.measure(run, cfg)
     base = dict(number=spec.number, key=spec.key, title=spec.title, scope=spec.scope, source=spec.source,
-                figures=spec.figures)
+                cite=spec.cite, figures=spec.figures)
     if measured.not_applicable:
         return Claim(**base, verdict=NA, reason=measured.not_applicable, numbers=measured.numbers,
                      layers=measured.layers, runs=0, measured=False)
@@ -67,7 +68,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 def aggregate(spec: ClaimSpec, claims: list[Claim], cfg: ReportConfig) -> Claim:
     """One claim over a sweep's runs: mean ± std of every number over the runs it applies to; verdict on the means."""
     base = dict(number=spec.number, key=spec.key, title=spec.title, scope=spec.scope, source=spec.source,
-                figures=spec.figures)
+                cite=spec.cite, figures=spec.figures)
     applicable = [c for c in claims if c.measured]
     if not applicable:
         reasons = "; ".join(dict.fromkeys(c.reason for c in claims))

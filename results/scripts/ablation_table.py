@@ -24,18 +24,18 @@ ORDER = ["baseline", "no_reset", "lr_3e-4", "gain_1", "standardize_global", "sta
 
 
 def numbers(run_dir: Path, until: int | None) -> dict:
-    cfg = ReportConfig(until_epoch=until)
+    cfg = ReportConfig(until_epoch=until, paper_horizon=None)  # judged at the last checkpoint up to `until`
     run = load_run(run_dir, until)
     claims = {c.key: c for c in evaluate_run(run, cfg)}
     nfa, where, over = claims["nfa"], claims["where"], claims["overtraining"]
     log = run.train_log
     row = {"TPT epoch": run.tpt_epoch if run.tpt_epoch is not None else math.nan,
            "test acc": float(log["test_acc"].iloc[-1]),
-           "NFA mean": nfa.numbers.get("α=0.5|final", math.nan),
+           "NFA mean": nfa.numbers.get("α=0.5|judged", math.nan),
            "NFA rise": nfa.numbers.get("rise", math.nan),
            "linear share": where.numbers.get("mean_linear_share", math.nan),
            "NC1 fall after TPT": over.numbers.get("nc1_trace|fall_after_tpt", math.nan)}
-    row |= {f"NFA layer {layer}": values.get("α=0.5|final", math.nan) for layer, values in nfa.layers.items()}
+    row |= {f"NFA layer {layer}": values.get("α=0.5|judged", math.nan) for layer, values in nfa.layers.items()}
     return row
 
 

@@ -8,6 +8,7 @@ rm -rf "$dst"; mkdir -p "$dst"
 (cd "$src" && find . \( -name checkpoints -o -name .submitit \) -prune -o -type f \( \
     -name config_resolved.yaml -o -name summary.json -o -name train_log.csv -o -name rfm_log.csv \
     -o -name multirun.yaml -o -path '*/.hydra/overrides.yaml' -o -name 'report*.md' -o -name '*.png' \
+    -o -name ablation.md -o -name features.md -o -name test_standardization.md \
     -o -path '*/analysis/*.csv' -o -path '*/analysis/*.parquet' -o -path '*/analysis/*.md' \
     -o -path '*/analysis/settings.json' -o -path './figures/*.pdf' \) -print) |
   while read -r f; do
