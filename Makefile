@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= runs/demo
 
-.PHONY: install test demo lint bench clean
+.PHONY: install test demo lint bench reproduce clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,6 +29,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	status=0; for part in analyze rfm agop_precision measure distributed; do $(PY) bench/bench_$$part.py || status=1; done; exit $$status
+
+# every experiment of results/, resumable (results/scripts/reproduce.sh: DNC_SCALE=cpu|paper|smoke, DNC_DATA, ...)
+reproduce: $(STAMP)
+	bash results/scripts/reproduce.sh
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

@@ -34,7 +34,7 @@ def main(sweep: str) -> None:
     for run_dir in find_runs(Path(sweep)):
         run = load_run(run_dir)
         claim = next(c for c in evaluate_run(run, cfg) if c.key == "rfm")
-        setting = read_overrides(run_dir).get("+rfm_features", read_overrides(run_dir).get("rfm_features", "?"))
+        setting = read_overrides(run_dir).get("rfm_features", "?")
         falls = {(metric, curve): claim.numbers[f"{metric}|{curve}"] for metric in metrics
                  for curve in RFM_CURVES.values()}
         depth = sorted(claim.layers)
@@ -45,8 +45,8 @@ def main(sweep: str) -> None:
         orders.append(f"- {setting}: " + (", ".join(f"{metrics[m]} along {c}" for (m, c), v in falls.items()
                                                     if v >= ORDERS_OF_MAGNITUDE and m != "nc2") or "none"))
     print(markdown_table(header, rows))
-    print(f"\n◆: a fall of {ORDERS_OF_MAGNITUDE:g}× or more (\"orders of magnitude\"). Where the judged quantities fall "
-          "by orders of magnitude:\n")
+    print(f"\n◆: a fall of {ORDERS_OF_MAGNITUDE:g}× or more (\"orders of magnitude\"). Where the judged quantities "
+          "fall by orders of magnitude:\n")
     print("\n".join(orders))
 
 
