@@ -14,7 +14,7 @@ from torch import nn
 
 from dnc_cli.errors import UsageError
 from dnc_cli.measure import run_measure
-from dnc_cli.metrics.agop import CLOSED_FORM, SKETCH, LayerAGOP, backward_rows, orthogonal_probes
+from dnc_cli.metrics.agop import CLOSED_FORM, SKETCH, LayerAGOP, OrthogonalProbes, autograd, backward_rows
 
 
 def _jacobian_agop(function, inputs: torch.Tensor) -> torch.Tensor:
@@ -105,11 +105,17 @@ def _sketch(function, h: torch.Tensor, probes: int, seed: int) -> torch.Tensor:
     agop = LayerAGOP(nn.Linear(5, 16).double())  # wrt its input (5 <= 16): the rows are J_iᵀ g
     target = h.clone().requires_grad_(True)
     with torch.enable_grad():
-        backward_rows(function(target), [(agop, target)], probes, torch.Generator().manual_seed(seed), len(h))
+        out = function(target)
+        sketch = OrthogonalProbes(out.shape[1], min(probes, out.shape[1]), torch.Generator().manual_seed(seed),
+                                  torch.float64)
+        backward_rows(out, [(agop, target)], probes, sketch, len(h))
     return agop.compute()
 
 
-def test_sketch_is_unbiased_its_mean_converges_to_the_exact_agop():
+@pytest.mark.parametrize("mixed", [True, False])  # probes from a random rotation, or the outputs themselves
+def test_sketch_is_unbiased_its_mean_converges_to_the_exact_agop(mixed, monkeypatch):
+    if not mixed:
+        monkeypatch.setattr(autograd, "MIXED_MAX_OUTPUTS", 0)
     function, h = _head(12)
     exact = _jacobian_agop(function, h)
     torch.testing.assert_close(_sketch(function, h, 12, 0), exact, rtol=1e-10, atol=0)  # s >= K: exact passes
@@ -130,19 +136,24 @@ def test_sketch_error_falls_like_one_over_root_s():
     assert -0.75 < slope < -0.3, (errors, slope)  # -½ expected: sqrt(K/s - 1) for orthogonal probes
 
 
-def test_orthogonal_probes_at_s_equal_k_are_exact():
+@pytest.mark.parametrize("mixed", [True, False])
+def test_orthogonal_probes_at_s_equal_k_are_exact(mixed, monkeypatch):
+    if not mixed:
+        monkeypatch.setattr(autograd, "MIXED_MAX_OUTPUTS", 0)
     num_outputs = 7
-    probes = orthogonal_probes(3, num_outputs, num_outputs, torch.Generator().manual_seed(0), torch.float64)
+    probes = OrthogonalProbes(num_outputs, num_outputs, torch.Generator().manual_seed(0), torch.float64)
+    probes.draw(3)
+    frames = torch.stack([probes.direction(j) for j in range(num_outputs)], 2)  # (3, K, s = K)
     identity = torch.eye(num_outputs, dtype=torch.float64).expand(3, -1, -1)
-    torch.testing.assert_close(probes @ probes.transpose(1, 2), identity, rtol=0, atol=1e-12)
-    # so the s = K sketch (each sample's probes a random rotation, not the K unit vectors) is the exact AGOP
+    torch.testing.assert_close(frames @ frames.transpose(1, 2), identity, rtol=0, atol=1e-12)
+    # so the s = K sketch (each sample's probes a random orthogonal frame, not the K unit vectors) is the exact AGOP
     function, h = _head(num_outputs)
-    rotations = orthogonal_probes(len(h), num_outputs, num_outputs, torch.Generator().manual_seed(1), torch.float64)
+    probes.draw(len(h))
     target = h.clone().requires_grad_(True)
     out = function(target)
     total = torch.zeros(5, 5, dtype=torch.float64)
     for j in range(num_outputs):
-        grad, = torch.autograd.grad((out * rotations[:, :, j]).sum(), target, retain_graph=True)
+        grad, = torch.autograd.grad((out * probes.direction(j)).sum(), target, retain_graph=True)
         total += grad.T @ grad
     torch.testing.assert_close(total / len(h), _jacobian_agop(function, h), rtol=1e-10, atol=1e-14)
 

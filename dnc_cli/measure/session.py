@@ -37,7 +37,7 @@ from dnc_cli.measure.hooks import ACTIVATIONS, as_features, channels_last, close
 from dnc_cli.measure.inputs import TRAIN_SPLIT, Source, batch_size_of, call_model, check_labels, to_device
 from dnc_cli.measure.layers import LINEAR_STAGES, LayerInfo, MeasuredLayer
 from dnc_cli.measure.stats import GramSample, SplitStats
-from dnc_cli.metrics.agop import CLOSED_FORM, SKETCH, LinearCalls, backward_rows, closed_form_agop
+from dnc_cli.metrics.agop import CLOSED_FORM, SKETCH, LinearCalls, OrthogonalProbes, backward_rows, closed_form_agop
 from dnc_cli.metrics.collapse import nc3
 
 log = logging.getLogger("dnc.measure")
@@ -78,7 +78,7 @@ class Session:
         self.nc3_keys: list = []
         self.split_sizes: dict[str, int] = {}
         self.probes = 0  # VJPs per batch of the autograd AGOPs (>= the outputs' count: exact); set on the first batch
-        self.generator: torch.Generator | None = None  # the sketch's probes
+        self.sketch: OrthogonalProbes | None = None  # the sketch's probes, when some layer is sketched
 
     # ------------------------------------------------------------------ hooks
     def install(self) -> None:
@@ -299,8 +299,6 @@ class Session:
         num_outputs = out.shape[1] if out.ndim == 2 else 0
         wanted = self.options.agop_probes
         self.probes = num_outputs if wanted == "exact" else AUTO_PROBES if wanted == "auto" else wanted
-        # each rank its own probes (independent estimates add up); the same seed, the same probes again
-        self.generator = torch.Generator(device=out.device).manual_seed(self.options.agop_seed + 1_000_003 * rank())
         for layer in self.layers:
             if layer.agop is None:
                 continue
@@ -312,6 +310,9 @@ class Session:
                 layer.agop.set_sketch(self.probes)
         sketched = [layer.name for layer in self.layers if layer.agop is not None and layer.agop.method == SKETCH]
         if sketched:
+            # each rank its own probes (independent estimates add up); the same seed, the same probes again
+            generator = torch.Generator(device=out.device).manual_seed(self.options.agop_seed + 1_000_003 * rank())
+            self.sketch = OrthogonalProbes(num_outputs, self.probes, generator, out.dtype, out.device)
             log.info("AGOP of %s sketched from %d random VJPs per batch (of %d outputs)", ", ".join(sketched),
                      self.probes, num_outputs)
 
@@ -320,7 +321,7 @@ class Session:
         autograd AGOP layer's gradient rows."""
         pending = [(layer.agop, self.targets[layer.index]) for layer in self.layers if layer.index in self.targets]
         if pending:
-            backward_rows(out, pending, self.probes, self.generator, self.batch_size)
+            backward_rows(out, pending, self.probes, self.sketch, self.batch_size)
 
     def end_batch(self) -> None:
         self.targets.clear()

@@ -17,11 +17,11 @@ chosen per layer:
 nfa.py has the matrix powers AGOP^α and the NFA correlation built on any of them.
 """
 
-from dnc_cli.metrics.agop.autograd import AUTOGRAD, CLOSED_FORM, SKETCH, LayerAGOP, backward_rows, orthogonal_probes
+from dnc_cli.metrics.agop.autograd import AUTOGRAD, CLOSED_FORM, SKETCH, LayerAGOP, OrthogonalProbes, backward_rows
 from dnc_cli.metrics.agop.closed_form import LinearCalls, closed_form_agop
 from dnc_cli.metrics.agop.mlp import CENTRED_SPREAD_FLOOR, LayerAGOPs, add_gram, sandwich, symmetrised
 from dnc_cli.metrics.agop.nfa import nfa_correlation, pearson, psd_eigh, psd_power
 
 __all__ = ["AUTOGRAD", "CENTRED_SPREAD_FLOOR", "CLOSED_FORM", "SKETCH", "LayerAGOP", "LayerAGOPs", "LinearCalls",
-           "add_gram", "backward_rows", "closed_form_agop", "nfa_correlation", "orthogonal_probes", "pearson",
+           "add_gram", "backward_rows", "closed_form_agop", "nfa_correlation", "OrthogonalProbes", "pearson",
            "psd_eigh", "psd_power", "sandwich", "symmetrised"]

@@ -9,10 +9,10 @@ For a layer with input h and the model's outputs f_1..f_K:
   samples of a batch are independent in eval mode, so the gradient of Σ_i f_c(x_i) w.r.t. sample i's h is
   ∇f_c(x_i)). All selected layers are served by the same passes.
 * sketch: s < K backward passes per batch with random probes g_ij (one per sample i and pass j). Since
-  J_iᵀ J_i = E_g[J_iᵀ g gᵀ J_i] for any g with E[g gᵀ] = I, Σ_j (J_iᵀ g_ij)(J_iᵀ g_ij)ᵀ / s is an unbiased estimate
-  of J_iᵀ J_i (Hutchinson's trick, one VJP per probe). The probes of a sample are sqrt(K/s)·(s orthonormal columns
-  of a Haar-random K x K rotation), `orthogonal_probes`: E[g gᵀ] = I, a smaller variance than Gaussian probes, and
-  for s = K they give J_iᵀ J_i exactly. Each sample has its own probes, so the error also averages over the samples.
+  J_iᵀ J_i = E_g[J_iᵀ g gᵀ J_i] for any g with E[g gᵀ] = I/s per probe, Σ_j (J_iᵀ g_ij)(J_iᵀ g_ij)ᵀ is an unbiased
+  estimate of J_iᵀ J_i (Hutchinson's trick, one VJP per probe). A sample's s probes are orthogonal
+  (`OrthogonalProbes`), so for s = K they give J_iᵀ J_i exactly. Each sample has its own probes, so the error
+  also averages over the samples.
   What the estimate serves, and at what error: README, "Measure your own model"; BENCHMARKS.md section 8.
 
 The rows (J_iᵀ g or the gradient w.r.t. the layer's output) are accumulated in a Gram, products in the model's
@@ -112,25 +112,54 @@ class LayerAGOP:
         return self.filters
 
 
-def orthogonal_probes(batch: int, num_outputs: int, probes: int, generator: torch.Generator, dtype=torch.float32,
-                      device=None) -> torch.Tensor:
-    """(batch, num_outputs, probes): per sample, `probes` orthonormal columns of a Haar-random rotation of
-    R^num_outputs, times sqrt(num_outputs / probes), so that Σ_j g_j g_jᵀ has expectation I (and is I when
-    probes = num_outputs). Haar: the Q of a Gaussian matrix's QR with R's diagonal made positive."""
-    if not 1 <= probes <= num_outputs:
-        raise ValueError(f"probes={probes} must be in [1, {num_outputs}]")
-    gaussian = torch.randn(batch, num_outputs, probes, generator=generator, dtype=torch.float64, device=device)
-    q, r = torch.linalg.qr(gaussian)
-    signs = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))
-    signs[signs == 0] = 1.0
-    return (q * signs.unsqueeze(-2) * (num_outputs / probes) ** 0.5).to(dtype)
+# the sketch's probes are columns of one Haar-random rotation of R^K up to this K (its QR: ~1 s at K = 4,096, once
+# per measurement); above it, of the identity (the outputs themselves, sampled)
+MIXED_MAX_OUTPUTS = 4096
+
+
+class OrthogonalProbes:
+    """The sketch's probes: for sample i and pass j, g_ij = sqrt(K/s)·σ_ij·q_{π_i(j)}, with q_1..q_K the columns of
+    a rotation Q (Haar-random, drawn once, for K <= MIXED_MAX_OUTPUTS; else the identity), π_i a random s-subset of
+    the K columns and σ_ij random signs, all independent per sample. A sample's s probes are orthogonal, E[g gᵀ] = I
+    over π and σ for any fixed Q (so the estimate is unbiased), and for s = K Σ_j g_ij g_ijᵀ = Q Qᵀ·K/s = I: exact.
+    The rotation mixes the outputs, so that no single output's gradient is left to chance when a few dominate.
+    Cheap: a (B, K) gather per pass, no per-sample orthogonalisation (a per-sample QR of (B, K, s) costs B·K·s² and
+    holds B·K·s floats)."""
+
+    def __init__(self, num_outputs: int, probes: int, generator: torch.Generator, dtype=torch.float32, device=None):
+        if not 1 <= probes <= num_outputs:
+            raise ValueError(f"probes={probes} must be in [1, {num_outputs}]")
+        self.num_outputs, self.probes, self.generator = num_outputs, probes, generator
+        self.scale = (num_outputs / probes) ** 0.5
+        self.rotation_t = None  # Qᵀ: row c is q_c
+        if num_outputs <= MIXED_MAX_OUTPUTS:
+            gaussian = torch.randn(num_outputs, num_outputs, generator=generator, dtype=torch.float64, device=device)
+            q, r = torch.linalg.qr(gaussian)
+            signs = torch.where(torch.diagonal(r) < 0, -1.0, 1.0)  # R's diagonal positive: Q is Haar
+            self.rotation_t = (q * signs).T.to(dtype).contiguous()
+        self.dtype, self.device = dtype, device
+        self.columns = self.signs = None
+
+    def draw(self, batch: int) -> None:
+        """This batch's subsets π_i and signs σ_ij, (batch, s) each."""
+        keys = torch.rand(batch, self.num_outputs, generator=self.generator, device=self.device)
+        self.columns = keys.argsort(dim=1)[:, :self.probes]
+        coins = torch.rand(batch, self.probes, generator=self.generator, device=self.device)
+        self.signs = torch.where(coins < 0.5, -self.scale, self.scale).to(self.dtype)
+
+    def direction(self, j: int) -> torch.Tensor:
+        """(batch, K): every sample's probe of pass j."""
+        if self.rotation_t is not None:
+            return self.rotation_t[self.columns[:, j]] * self.signs[:, j, None]
+        direction = torch.zeros(len(self.columns), self.num_outputs, dtype=self.dtype, device=self.device)
+        return direction.scatter_(1, self.columns[:, j, None], self.signs[:, j, None])
 
 
 def backward_rows(out: torch.Tensor, pending: list[tuple[LayerAGOP, torch.Tensor]], probes: int,
-                  generator: torch.Generator | None, batch_size: int) -> None:
+                  sketch: OrthogonalProbes | None, batch_size: int) -> None:
     """The VJPs of one batch into every pending layer's Gram: out (B, K) the model's outputs, `pending` the layers
     and the tensors their AGOPs differentiate. probes >= K: the K exact passes (probe e_c); else `probes` passes
-    with `orthogonal_probes`."""
+    with the `sketch`'s probes."""
     if not out.requires_grad:
         for agop, _ in pending:
             agop.influences_output = False
@@ -139,10 +168,10 @@ def backward_rows(out: torch.Tensor, pending: list[tuple[LayerAGOP, torch.Tensor
     num_outputs = out.shape[1]
     exact = probes >= num_outputs
     count = num_outputs if exact else probes
-    directions = None if exact else orthogonal_probes(out.shape[0], num_outputs, probes, generator, out.dtype,
-                                                      out.device)
+    if not exact:
+        sketch.draw(out.shape[0])
     for j in range(count):
-        target = out[:, j].sum() if exact else (out * directions[:, :, j]).sum()
+        target = out[:, j].sum() if exact else (out * sketch.direction(j)).sum()
         grads = torch.autograd.grad(target, tensors, retain_graph=j < count - 1, allow_unused=True)
         for (agop, _), grad in zip(pending, grads):
             if grad is None:
