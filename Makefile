@@ -28,7 +28,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
-	status=0; for part in analyze rfm agop_precision measure distributed; do $(PY) bench/bench_$$part.py || status=1; done; exit $$status
+	status=0; for part in analyze rfm agop_precision measure measure_scale distributed; do $(PY) bench/bench_$$part.py || status=1; done; exit $$status
 
 # every experiment of results/, resumable (results/scripts/reproduce.sh: DNC_SCALE=cpu|paper|smoke, DNC_DATA, ...)
 reproduce: $(STAMP)

@@ -288,6 +288,7 @@ class MeasureConfig:
     pool: str = "none"  # none: conv maps and sequences flattened | avg: averaged over positions
     output: str | None = None  # the module whose output is the model's outputs f_1..f_C; null: the model's return
     nfa_powers: list[float] = field(default_factory=lambda: [0.5, 1.0])
+    agop_probes: str = "auto"  # AGOP VJPs per batch: auto (128) | exact | <int> (a sketch if < K; probes from `seed`)
     nc1: NC1Options = field(default_factory=NC1Options)
     batch_size: int = 256
     device: str = "auto"

@@ -148,6 +148,7 @@ def test_command_bad_input_is_one_line_and_exit_2(tmp_path):
         (["model=resnet18", f"weights={tmp_path / 'rgb_resnet.pt'}"], "does not fit model=resnet18"),
         (["model=resnet18", "num_classes=5"], "labels range over [0, 9] but num_classes=5"),
         (["model=resnet19"], "close matches: resnet18"),
+        (["model=resnet18", "agop_probes=many"], "agop_probes='many' must be auto, exact or a positive integer"),
         ([], "give model="),
     ]
     for args, needle in cases:

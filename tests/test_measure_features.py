@@ -56,3 +56,14 @@ def test_bad_embeddings_files(tmp_path):
             load_embeddings(tmp_path / name)
 
 
+
+
+def test_gram_sample_quota_with_many_classes():
+    from dnc_cli.measure.stats import gram_sample_rows
+
+    labels = torch.arange(20_000) % 5_000
+    rows = gram_sample_rows(labels, 5_000, 30)  # 4,096 at most: 1 per class, the first 4,096 classes
+    assert torch.equal(labels[rows], torch.arange(4_096)) and torch.equal(rows, torch.arange(4_096))
+    labels = torch.arange(100) % 10
+    rows = gram_sample_rows(labels, 10, 3)  # few classes: the first 3 of each, class by class
+    assert torch.equal(rows, torch.tensor([k + 10 * j for k in range(10) for j in range(3)]))

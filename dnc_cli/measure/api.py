@@ -29,7 +29,7 @@ def measure(model: nn.Module, data=None, num_classes: int | None = None, *, laye
             families=FAMILIES, splits: dict | None = None, pool: str | None = None,
             nfa_powers=(0.5, 1.0), output=None, device=None, dtype=None, epoch: int | None = None,
             batch_size: int = 256, global_mean: str = "unweighted", official_scaling: bool = False,
-            progress: bool = True):
+            progress: bool = True, agop_probes="auto", agop_seed: int = 0):
     """Deep-neural-collapse and AGOP metrics of `model`'s layers, as a pandas DataFrame with the tidy columns of
     metrics.csv (`epoch, split, layer, stage, metric, value`) plus `module`, the selected module's name.
 
@@ -50,7 +50,14 @@ def measure(model: nn.Module, data=None, num_classes: int | None = None, *, laye
     nfa_powers   the α of nfa_corr_<α>.
     output       which outputs f_1..f_C the AGOP differentiates and NC4's predictions take the argmax of: None = the
                  model's return value (or its .logits), a module name (that module's output), or a callable of the
-                 return value. The AGOP costs C backward passes per batch.
+                 return value.
+    agop_probes  how the AGOPs are computed (dnc_cli/metrics/agop/): a layer whose output reaches the outputs
+                 through nn.Linear maps only gets the closed form JᵀJ (no backward pass, exact); every other layer
+                 costs VJPs: "exact" C backward passes per batch; an integer s, s random orthogonal probes per
+                 sample and batch (unbiased; exact when s >= C); "auto" = 128 (exact for C <= 128). A sketched
+                 AGOP serves the NFA rows; the svd family's `agop` stage is left out under "auto" (it weighs the
+                 smallest eigenvalues) and given for an integer. The row `agop_sketch_probes` says s (0: exact).
+    agop_seed    the sketch's probes (rank r under torchrun draws with agop_seed + 1,000,003·r).
     device, dtype  where and in which precision (torch.float32 / torch.float64 or their names) the model runs;
                  default: the model's own. Sums are always float64.
     epoch        written to the `epoch` column (empty when None).
@@ -74,7 +81,7 @@ def measure(model: nn.Module, data=None, num_classes: int | None = None, *, laye
     return run_measure(model, data, num_classes, layers=layers, families=families, splits=splits, pool=pool,
                        nfa_powers=nfa_powers, output=output, device=device, dtype=dtype, epoch=epoch,
                        batch_size=batch_size, global_mean=global_mean, official_scaling=official_scaling,
-                       progress=progress).table
+                       progress=progress, agop_probes=agop_probes, agop_seed=agop_seed).table
 
 
 @dataclass
@@ -92,14 +99,14 @@ class Measured:
 def run_measure(model, data=None, num_classes=None, *, layers=None, families=FAMILIES, splits=None, pool=None,
                 nfa_powers=(0.5, 1.0), output=None, device=None, dtype=None, epoch=None, batch_size=256,
                 global_mean="unweighted", official_scaling=False, progress=True, gram_samples_per_class: int = 0,
-                sharded: bool = False) -> Measured:
+                sharded: bool = False, agop_probes="auto", agop_seed: int = 0) -> Measured:
     """`measure` with what `dnc measure` writes besides the table: the layers' descriptions and a class-stratified
     feature sample of every layer for `dnc plot`'s Gram figure (its first `gram_samples_per_class` samples of each
     class in the train split, reduced to at most n columns with the same Gram matrix; under torchrun, of this
     rank's part of the split). `sharded`: under torchrun, the data each rank is given is its own part already
     (`dnc measure` shards its dataset), to be measured whole."""
     options = Options.checked(num_classes, families, pool, nfa_powers, global_mean, official_scaling, batch_size,
-                              output, progress)
+                              output, progress, agop_probes, agop_seed)
     sources = named_splits(data, splits, batch_size, sharded)
     selected = select_layers(model, layers)
     if world_size() > 1:  # under torchrun: ranks that built the model from unseeded randomness measure other models
@@ -138,10 +145,12 @@ class Options:
     batch_size: int
     output: object
     progress: bool
+    agop_probes: str | int  # "auto" | "exact" | s >= 1
+    agop_seed: int
 
     @classmethod
     def checked(cls, num_classes, families, pool, nfa_powers, global_mean, official_scaling, batch_size, output,
-                progress) -> Options:
+                progress, agop_probes="auto", agop_seed=0) -> Options:
         if num_classes is None or isinstance(num_classes, bool) or not isinstance(num_classes, int) or \
                 num_classes < 2:
             raise UsageError(f"num_classes={num_classes} must be an integer >= 2")
@@ -163,4 +172,14 @@ class Options:
         if output is not None and not isinstance(output, str) and not callable(output):
             raise UsageError(f"output={output!r} must be None, a module name or a callable")
         return cls(num_classes, set(families), pool, powers, global_mean, bool(official_scaling), batch_size, output,
-                   bool(progress))
+                   bool(progress), agop_probes_option(agop_probes), int(agop_seed))
+
+
+def agop_probes_option(value) -> str | int:
+    """agop_probes as measure takes it: "auto", "exact" or a positive integer (also given as a string, as
+    `dnc measure agop_probes=64` does)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if value in ("auto", "exact") or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise UsageError(f"agop_probes={value!r} must be auto, exact or a positive integer")

@@ -28,7 +28,7 @@ from dnc_cli.data import load_dataset
 from dnc_cli.devices import resolve_device, validate_device
 from dnc_cli.distributed import GroupBroken, is_writer, launched_as_ranks, process_group, require_agreement, shard
 from dnc_cli.errors import UsageError, fail
-from dnc_cli.measure.api import run_measure
+from dnc_cli.measure.api import agop_probes_option, run_measure
 from dnc_cli.measure.features import default_num_classes, load_embeddings, measure_embeddings
 from dnc_cli.measure.loading import ImageBatches, build_model, load_weights
 from dnc_cli.measure.outputs import write_outputs
@@ -76,6 +76,7 @@ def check(cfg: DictConfig) -> MeasureConfig:
         if value < low:
             raise UsageError(f"{key}={value} must be >= {low}")
     validate_device(mcfg.device)
+    agop_probes_option(mcfg.agop_probes)
     if not mcfg.distributed.timeout_s > 0:
         raise UsageError(f"distributed.timeout_s={mcfg.distributed.timeout_s} must be > 0")
     out_dir = Path(mcfg.out_dir)
@@ -119,7 +120,8 @@ def measure_model(mcfg: MeasureConfig, device=None):
                            device=device or resolve_device(mcfg.device), dtype=mcfg.precision.value,
                            epoch=mcfg.epoch, global_mean=mcfg.nc1.global_mean.value,
                            official_scaling=mcfg.nc1.official_scaling, progress=mcfg.progress,
-                           gram_samples_per_class=mcfg.gram_samples_per_class, sharded=True)
+                           gram_samples_per_class=mcfg.gram_samples_per_class, sharded=True,
+                           agop_probes=mcfg.agop_probes, agop_seed=mcfg.seed)
     facts = {"model": mcfg.model.name, "weights": mcfg.weights, "dataset": mcfg.dataset.name.value,
              "num_classes": num_classes, "classifier": measured.classifier}
     return measured, facts

@@ -29,7 +29,7 @@ from dnc_cli.errors import UsageError, need, reading
 from dnc_cli.measure.api import Measured, as_table
 from dnc_cli.measure.inputs import TRAIN_SPLIT, check_labels
 from dnc_cli.measure.layers import LayerInfo
-from dnc_cli.measure.stats import SplitStats, gram_sample
+from dnc_cli.measure.stats import SplitStats, gram_sample, gram_sample_rows
 from dnc_cli.metrics.collapse import nc3
 
 FEATURE_KEYS = ("features", "embeddings", "x")
@@ -193,7 +193,7 @@ def measure_embeddings(embeddings: Embeddings, num_classes: int | None = None, *
             rows.append((None, split, 1, "", "nc3", nc3(embeddings.classifier, stats.means[key], global_mean),
                          LAYER_NAME))
         if split == TRAIN_SPLIT and gram_samples_per_class > 0:
-            chosen = torch.cat([index[labels[index] == k][:gram_samples_per_class] for k in range(num_classes)])
+            chosen = index[gram_sample_rows(labels[index], num_classes, gram_samples_per_class)]
             gram = {"labels": labels[chosen].numpy(), "layer_1": gram_sample(embeddings.features[chosen])}
     width = embeddings.features.shape[1]
     info = LayerInfo(1, LAYER_NAME, "embeddings", (width,), width,

@@ -15,14 +15,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from dnc_cli.measure.agop import LayerAGOP
 from dnc_cli.measure.hooks import layer_kind
 from dnc_cli.measure.stats import SplitStats, transformed_means
-from dnc_cli.metrics.agop import nfa_correlation, psd_eigh, psd_power
+from dnc_cli.metrics.agop import SKETCH, LayerAGOP, nfa_correlation, psd_eigh, psd_power
 from dnc_cli.tables import SVD_STAGES, nfa_metric
 
 log = logging.getLogger("dnc.measure")
 AGOP_STAGE_POWER = 0.5  # the `agop` stage projects with AGOP^½ (PAPER.md, "SVD-decomposed per-layer NC1")
+# the table's row of the VJPs per batch that estimated a layer's AGOP; 0: not estimated (closed form or exact)
+SKETCH_METRIC = "agop_sketch_probes"
 LINEAR_STAGES = (*SVD_STAGES, "agop")  # an nn.Linear's stages, in table order
 
 
@@ -37,6 +38,7 @@ class LayerInfo:
     features: int = 0  # m after flattening / pooling
     activation: str = ""  # the activation module whose output is the `activation` stage
     agop: bool = False
+    agop_method: str = ""  # closed_form | autograd | sketch (dnc_cli/metrics/agop/)
     nc3: str = ""  # the stage(s) the final classifier reads, if any
 
 
@@ -76,8 +78,10 @@ class MeasuredLayer:
     def has_svd_stages(self) -> bool:
         return self.right_map is not None
 
-    def finish_agop(self, powers: set[float]) -> None:
-        """After sweep 1: AGOP^α from one eigh; for an SVD layer, AGOP^½ joins the `right` map."""
+    def finish_agop(self, powers: set[float], sketched_stage: bool) -> None:
+        """After sweep 1: AGOP^α from one eigh; for an SVD layer, AGOP^½ joins the `right` map, unless the AGOP is
+        sketched and `sketched_stage` is False: the `agop` stage's nc1 weighs the AGOP's smallest eigenvalues,
+        which a sketch gets wrong (README, "Measure your own model"; BENCHMARKS.md section 8)."""
         if self.agop is None:
             return
         if not self.agop.influences_output:
@@ -86,16 +90,24 @@ class MeasuredLayer:
             return
         agop = self.agop_matrix = self.agop.compute()
         eigh = psd_eigh(agop)
-        wanted = powers | ({AGOP_STAGE_POWER} if self.has_svd_stages else set())
+        stage = self.has_svd_stages and (sketched_stage or self.agop.method != SKETCH)
+        if self.has_svd_stages and not stage:
+            log.warning("layer %s: no `agop` stage from a sketched AGOP (its nc1 weighs the smallest eigenvalues); "
+                        "agop_probes=exact or a number of probes gives it", self.name)
+        wanted = powers | ({AGOP_STAGE_POWER} if stage else set())
         self.agop_powers = {p: psd_power(agop, p, eigh) for p in sorted(wanted)}
-        if self.has_svd_stages:
+        if stage:
             root = self.agop_powers[AGOP_STAGE_POWER].to(self.right_map.dtype)
             self.stage_map_t = torch.cat([self.right_map.T, root], 1)
 
     def stage_widths(self) -> list[int]:
         """The widths of `right` (and `agop`) in the columns of h @ stage_map_t."""
         rank = self.right_map.shape[0]
-        return [rank, self.stage_map_t.shape[1] - rank] if self.agop_powers else [rank]
+        return [rank, self.stage_map_t.shape[1] - rank] if self.has_agop_stage else [rank]
+
+    @property
+    def has_agop_stage(self) -> bool:
+        return self.has_svd_stages and self.stage_map_t.shape[1] > self.right_map.shape[0]
 
     def derive_means(self, stats: SplitStats) -> None:
         """Between the sweeps: the class means of `right` and `agop` from those of `input`."""
@@ -103,17 +115,20 @@ class MeasuredLayer:
         if not self.has_svd_stages or source is None:
             return
         stats.means[(self.index, "right")] = transformed_means(source, self.right_map)
-        if self.agop_powers:
+        if self.has_agop_stage:
             stats.means[(self.index, "agop")] = transformed_means(source, self.agop_powers[AGOP_STAGE_POWER])
 
-    def nfa_rows(self, split: str, powers: tuple[float, ...]) -> list[tuple]:
-        """corr(WᵀW, AGOP^α) (PAPER.md, "AGOP and the NFA"; a conv's filter matrix and patch AGOP) at stage ""."""
+    def agop_rows(self, split: str, powers: tuple[float, ...]) -> list[tuple]:
+        """At stage "": how the AGOP was estimated (SKETCH_METRIC: the probes per batch, 0 if exact) and
+        corr(WᵀW, AGOP^α) (PAPER.md, "AGOP and the NFA"; a conv's filter matrix and patch AGOP)."""
         if self.agop is None or not self.agop_powers:
             return []
         weight = self.agop.weight_matrix()
-        return [(None, split, self.index, "", nfa_metric("standard", p), nfa_correlation(weight, self.agop_powers[p]),
-                 self.name) for p in powers]
+        return [(None, split, self.index, "", SKETCH_METRIC, float(self.agop.probes), self.name)] + [
+            (None, split, self.index, "", nfa_metric("standard", p), nfa_correlation(weight, self.agop_powers[p]),
+             self.name) for p in powers]
 
     def info(self, nc3_stages: list[str]) -> LayerInfo:
         return LayerInfo(self.index, self.name, type(self.module).__name__, self.shape, self.features, self.activation,
-                         bool(self.agop_powers), " ".join(sorted(stage or "''" for stage in nc3_stages)))
+                         bool(self.agop_powers), self.agop.method if self.agop_powers else "",
+                         " ".join(sorted(stage or "''" for stage in nc3_stages)))

@@ -49,7 +49,8 @@ def write_outputs(out_dir: Path, mcfg, measured, facts: dict) -> dict:
     analysis = out_dir / ANALYSIS_DIR
     layers = pd.DataFrame([{"layer": i.layer, "module": i.module, "type": i.type,
                             "shape": "x".join(map(str, i.shape)), "features": i.features,
-                            "activation": i.activation, "agop": i.agop, "nc3_stages": i.nc3} for i in measured.layers])
+                            "activation": i.activation, "agop": i.agop, "agop_method": i.agop_method,
+                            "nc3_stages": i.nc3} for i in measured.layers])
     kept = other_epochs(out_dir, mcfg)
     if not kept:
         for stale in analysis.glob("gram_epoch_*.npz"):  # runs.gram_file_name's of another measurement

@@ -4,7 +4,9 @@ AGOPs' backward passes, the final classifier for NC3, and the rows of the table.
 Per split the data is swept twice, as `dnc analyze` does (PAPER.md, NC1): the hooks feed every representation to
 `SplitStats`' ClassMeans in sweep 1 and, given the class means, to its NeuralCollapse in sweep 2; each batch's
 features are used inside the hook that sees them and dropped, so no N x m and no m x m matrix is formed. On the
-AGOP split sweep 1 also runs the C backward passes of dnc_cli/measure/agop.py.
+AGOP split sweep 1 also runs the backward passes of dnc_cli/metrics/agop/autograd.py (C exact ones, or s < C
+sketched ones: `agop_probes`), except for the layers whose AGOP has a closed form (dnc_cli/metrics/agop/closed_form.py:
+decided from the first batch's forward pass, which runs before its backward passes).
 
 Representations are keyed (layer l, stage) as in metrics.csv: stage "" is the module's output (hooks.as_features);
 an nn.Linear's SVD stages are dnc_cli/measure/layers.py's.
@@ -29,15 +31,19 @@ import sys
 import torch
 from torch import nn
 
-from dnc_cli.distributed import all_reduce_sum, require_agreement, sync_all, world_size
+from dnc_cli.distributed import all_reduce_sum, rank, require_agreement, sync_all, world_size
 from dnc_cli.errors import UsageError
 from dnc_cli.measure.hooks import ACTIVATIONS, as_features, channels_last, close_names, linear_stages, resolve_output
 from dnc_cli.measure.inputs import TRAIN_SPLIT, Source, batch_size_of, call_model, check_labels, to_device
 from dnc_cli.measure.layers import LINEAR_STAGES, LayerInfo, MeasuredLayer
 from dnc_cli.measure.stats import GramSample, SplitStats
+from dnc_cli.metrics.agop import CLOSED_FORM, SKETCH, LinearCalls, OrthogonalProbes, backward_rows, closed_form_agop
 from dnc_cli.metrics.collapse import nc3
 
 log = logging.getLogger("dnc.measure")
+# agop_probes=auto: this many random VJPs per batch, which is the exact K passes when K <= it (PAPER.md, AGOP; the
+# error it gives at K = 1,000: BENCHMARKS.md section 8)
+AUTO_PROBES = 128
 FINGERPRINT_ROWS = 4  # rows of the first batch that identify the classifier's input among the representations
 
 
@@ -71,6 +77,8 @@ class Session:
         self.classifier_name: str | None = None
         self.nc3_keys: list = []
         self.split_sizes: dict[str, int] = {}
+        self.probes = 0  # VJPs per batch of the autograd AGOPs (>= the outputs' count: exact); set on the first batch
+        self.sketch: OrthogonalProbes | None = None  # the sketch's probes, when some layer is sketched
 
     # ------------------------------------------------------------------ hooks
     def install(self) -> None:
@@ -97,7 +105,7 @@ class Session:
 
     def _input_hook(self, layer: MeasuredLayer):
         def hook(module, args):
-            if not self.collect_agop:
+            if not self.collect_agop or layer.agop.method == CLOSED_FORM:
                 return None
             if not args or not isinstance(args[0], torch.Tensor):
                 raise UsageError(f"layer '{layer.name}' was called without a tensor as its first argument")
@@ -137,7 +145,8 @@ class Session:
                     for stage, stage_features in zip(("right", "agop"), stages):
                         self.record(layer, stage, stage_features)
             returned = None
-            if self.collect_agop and layer.agop is not None and layer.agop.wrt == "output":
+            if self.collect_agop and layer.agop is not None and layer.agop.wrt == "output" and \
+                    layer.agop.method != CLOSED_FORM:
                 self.targets[layer.index] = output
                 returned = output.clone()  # downstream in-place ops (ReLU(inplace=True)) act on the copy
             if layer.has_svd_stages:
@@ -186,7 +195,8 @@ class Session:
         """Both sweeps of every split (the first is the AGOP split); the table's rows."""
         rows: list[tuple] = []
         agop_split = next(iter(sources))
-        powers = set(self.options.nfa_powers if "nfa" in self.options.families else ())
+        families = self.options.families
+        powers = set(self.options.nfa_powers if "nfa" in families else ())
         for split, source in sources.items():
             stats = SplitStats(split, self.options.num_classes, self.options.global_mean,
                                self.options.official_scaling)
@@ -197,7 +207,7 @@ class Session:
                 sync_all([layer.agop for layer in self.layers if layer.agop is not None])
             for layer in self.layers:
                 if with_agop:
-                    layer.finish_agop(powers)
+                    layer.finish_agop(powers, sketched_stage=isinstance(self.options.agop_probes, int))
                 layer.derive_means(stats)
             stats.start_collapse()
             if split == TRAIN_SPLIT and gram_per_class:
@@ -209,8 +219,9 @@ class Session:
             size = torch.tensor(sum(len(y) for y in labels), dtype=torch.int64)
             all_reduce_sum([size])  # every rank's samples
             self.split_sizes[split] = int(size)
-            if with_agop and "nfa" in self.options.families:
-                rows += [row for layer in self.layers for row in layer.nfa_rows(split, self.options.nfa_powers)]
+            if with_agop:
+                rows += [row for layer in self.layers for row in layer.agop_rows(split, self.options.nfa_powers
+                                                                                 if "nfa" in families else ())]
         return rows
 
     def sweep(self, source: Source, stats: SplitStats, mode: str, with_agop: bool, labels_seen=None,
@@ -254,19 +265,25 @@ class Session:
         for layer in self.layers:
             layer.calls = 0
         handles = []
+        linear_calls = LinearCalls(self.model)
         if self.first_batch:  # which nn.Linear with K outputs runs last (NC3's classifier)
             handles = [m.register_forward_hook(self._candidate_hook) for m in self.model.modules()
                        if isinstance(m, nn.Linear) and m.out_features == self.options.num_classes]
+            if self.collect_agop:
+                linear_calls.install()  # after the session's hooks: it sees the outputs they hand on
         try:
             with torch.no_grad():  # the AGOP layers' input hooks switch gradients on from the first of them
                 returned = call_model(self.model, x)
         finally:
             for handle in handles:
                 handle.remove()
+            linear_calls.remove()
         for layer in self.layers:
             if layer.calls == 0:
                 raise UsageError(f"layer '{layer.name}' did not run in the model's forward pass")
         out = resolve_output(returned, self.options.output, self.captured_output, self.batch_size)
+        if self.first_batch and self.collect_agop:
+            self.choose_agop_ways(linear_calls, out)
         if self.first_batch:
             self.find_classifier()
             if out.shape[1] != self.options.num_classes and self.want_nc:
@@ -275,27 +292,36 @@ class Session:
             self.first_batch = False
         return out
 
+    def choose_agop_ways(self, linear_calls: LinearCalls, out: torch.Tensor) -> None:
+        """On the first AGOP batch, per AGOP layer: the closed form where its output reaches `out` through linear
+        maps only, else autograd, sketched when the probes asked for are fewer than the outputs (the same on every
+        rank: it depends on the model and the options only)."""
+        num_outputs = out.shape[1] if out.ndim == 2 else 0
+        wanted = self.options.agop_probes
+        self.probes = num_outputs if wanted == "exact" else AUTO_PROBES if wanted == "auto" else wanted
+        for layer in self.layers:
+            if layer.agop is None:
+                continue
+            jacobian = linear_calls.tail_jacobian(layer.module, out)
+            if jacobian is not None:
+                layer.agop.set_closed_form(closed_form_agop(jacobian))
+                self.targets.pop(layer.index, None)
+            elif self.probes < num_outputs:
+                layer.agop.set_sketch(self.probes)
+        sketched = [layer.name for layer in self.layers if layer.agop is not None and layer.agop.method == SKETCH]
+        if sketched:
+            # each rank its own probes (independent estimates add up); the same seed, the same probes again
+            generator = torch.Generator(device=out.device).manual_seed(self.options.agop_seed + 1_000_003 * rank())
+            self.sketch = OrthogonalProbes(num_outputs, self.probes, generator, out.dtype, out.device)
+            log.info("AGOP of %s sketched from %d random VJPs per batch (of %d outputs)", ", ".join(sketched),
+                     self.probes, num_outputs)
+
     def backward(self, out: torch.Tensor) -> None:
-        """C backward passes, one per output column, batched over the samples: every AGOP layer's gradient rows."""
-        pending = [(layer, self.targets[layer.index]) for layer in self.layers if layer.index in self.targets]
-        if not pending:
-            return
-        if not out.requires_grad:
-            for layer, _ in pending:
-                layer.agop.influences_output = False
-            return
-        tensors = [tensor for _, tensor in pending]
-        num_outputs = out.shape[1]
-        for c in range(num_outputs):
-            grads = torch.autograd.grad(out[:, c].sum(), tensors, retain_graph=c < num_outputs - 1,
-                                        allow_unused=True)
-            for (layer, _), grad in zip(pending, grads):
-                if grad is None:
-                    layer.agop.influences_output = False
-                else:
-                    layer.agop.add(grad.detach())
-        for layer, _ in pending:
-            layer.agop.add_samples(self.batch_size)
+        """The VJPs of this batch (C exact ones, or `probes` sketched ones), batched over the samples: every
+        autograd AGOP layer's gradient rows."""
+        pending = [(layer.agop, self.targets[layer.index]) for layer in self.layers if layer.index in self.targets]
+        if pending:
+            backward_rows(out, pending, self.probes, self.sketch, self.batch_size)
 
     def end_batch(self) -> None:
         self.targets.clear()

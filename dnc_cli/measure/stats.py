@@ -69,13 +69,35 @@ def transformed_means(result: ClassMeansResult, matrix: torch.Tensor) -> ClassMe
     return dataclasses.replace(result, means=means, counts=result.counts.clone())
 
 
+# the Gram figure's sample holds at most this many samples: with many classes, fewer per class (at least 1), and
+# beyond GRAM_SAMPLE_MAX classes only the first GRAM_SAMPLE_MAX (an n x n Gram of n = 30 x 32,000 is no figure)
+GRAM_SAMPLE_MAX = 4096
+
+
+def gram_sample_quota(num_classes: int, per_class: int) -> tuple[int, int]:
+    """(samples per class, classes sampled) of the Gram figure's sample."""
+    return min(per_class, max(1, GRAM_SAMPLE_MAX // num_classes)), min(num_classes, GRAM_SAMPLE_MAX)
+
+
+def gram_sample_rows(labels: torch.Tensor, num_classes: int, per_class: int) -> torch.Tensor:
+    """Positions in `labels` of the first samples of each class, within `gram_sample_quota`, class by class."""
+    quota, classes = gram_sample_quota(num_classes, per_class)
+    order = torch.sort(labels, stable=True).indices
+    sorted_labels = labels[order]
+    first = torch.searchsorted(sorted_labels, sorted_labels, right=False)  # each class's first position in order
+    rank_in_class = torch.arange(len(labels)) - first
+    return order[(rank_in_class < quota) & (sorted_labels < classes)]
+
+
 class GramSample:
-    """The first `per_class` samples of each class of a split, and every layer's features of them: the samples of
-    `dnc plot`'s Gram figure (analysis/gram_epoch_<epoch>_train.npz). Per batch: `choose(labels)`, then `add`."""
+    """The first `per_class` samples of each class of a split (within `gram_sample_quota`), and every layer's
+    features of them: the samples of `dnc plot`'s Gram figure (analysis/gram_epoch_<epoch>_train.npz). Per batch:
+    `choose(labels)`, then `add`."""
 
     def __init__(self, num_classes: int, per_class: int):
-        self.per_class = per_class
+        self.per_class, classes = gram_sample_quota(num_classes, per_class)
         self.counts = torch.zeros(num_classes, dtype=torch.int64)
+        self.counts[classes:] = self.per_class  # classes beyond the quota count as full
         self.labels: list[torch.Tensor] = []
         self.rows: dict[int, list[torch.Tensor]] = {}
         self.chosen: torch.Tensor | None = None

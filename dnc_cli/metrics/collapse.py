@@ -1,4 +1,5 @@
-"""Neural-collapse metrics: NC1-NC4, CDNV and NCC accuracy (the AGOP and the NFA are in dnc_cli/metrics/agop.py).
+"""Neural-collapse metrics: NC1-NC4, CDNV and NCC accuracy (the AGOP and the NFA are in dnc_cli/metrics/agop/; the
+metrics of class pairs, K x K, in patches in dnc_cli/metrics/class_pairs.py).
 
 PAPER.md defines every formula used here. A representation h_i in R^m of N samples with labels y_i in
 [0, K) is analysed in two streaming passes over the data, so nothing of size N x m is ever held:
@@ -34,6 +35,10 @@ import torch
 from torch import Tensor
 
 from dnc_cli.distributed import all_reduce_sum
+from dnc_cli.metrics.class_pairs import CLASS_PATCH, cdnv, nc2, nc2_and_nc2_gram, nc2_gram, nc3, thin_svd
+
+__all__ = ["GLOBAL_MEANS", "ClassMeans", "ClassMeansResult", "NeuralCollapse", "cdnv", "nc2", "nc2_gram", "nc3",
+           "nc_of"]
 
 GLOBAL_MEANS = ("unweighted", "weighted")
 FLOAT64_EPS = torch.finfo(torch.float64).eps
@@ -168,7 +173,7 @@ class NeuralCollapse:
         self.class_means = class_means.means
 
         # Sigma_B's non-zero eigenpairs from the thin SVD of M~ (see the class docstring)
-        _, singular_values, right_vectors_t = torch.linalg.svd(self.centred_means, full_matrices=False)
+        singular_values, right_vectors_t = thin_svd(self.centred_means)
         eigenvalues = singular_values.square() / num_present
         # Sigma_B^+ cut-off: eigenvalues <= lambda_max * max(m, K) * eps count as zero. For m >= K this is
         # torch.linalg.pinv's default rtol on the m x m Sigma_B (max(m, m) * eps), so the tests can compare
@@ -178,10 +183,6 @@ class NeuralCollapse:
         kept = eigenvalues > cut_off
         self.between_eigenvalues = eigenvalues[kept]  # (r,)
         self.between_basis = right_vectors_t[kept].T.contiguous()  # Q, (m, r), orthonormal columns
-        # one GEMM per chunk serves both uses of the residuals r_i = h_i - mu_{y_i}: projections onto Q (NC1) and
-        # onto the centred means (nearest class centre, since (h - mu_G).mu~_k = r.mu~_k + mu~_y.mu~_k)
-        self.projection = torch.cat([self.between_basis, self.centred_means.T], 1)  # (m, r + K)
-        self.centred_means_gram = self.centred_means_all @ self.centred_means.T  # (K_all, K): mu~_y . mu~_k
 
         # running sums (tensors on self.device: no host sync per batch)
         self.scatter_per_class = torch.zeros(self.num_classes, dtype=torch.float64, device=self.device)
@@ -197,24 +198,36 @@ class NeuralCollapse:
         _check_batch(features, labels)
         labels = labels.to(device=self.device, dtype=torch.int64)
         self.counts += torch.bincount(labels, minlength=self.num_classes)
-        rank = self.between_basis.shape[1]
         for rows in _row_chunks(features.shape[1], features.shape[0]):
             y = labels[rows]
             # within-class residuals, exactly: ||h_i - mu_{y_i}||^2 per class (no E[h^2] - mu^2 cancellation)
             residuals = features[rows].to(device=self.device, dtype=torch.float64, copy=True)
             residuals -= self.class_means[y]
             self.scatter_per_class.index_add_(0, y, torch.linalg.vector_norm(residuals, dim=1).square())
-            projected = residuals @ self.projection
             # diagonal of Q^T (sum_i r_i r_i^T) Q, for tr(Sigma_W Sigma_B^+)
-            self.projected_scatter += projected[:, :rank].square().sum(0)
-            # nearest class centre: argmin_k ||h - mu_k||^2 = argmin_k (||mu~_k||^2 - 2 (h - mu_G).mu~_k)
-            # (||h - mu_G||^2 is the same for every k, so it is left out)
-            distances = self.centred_sq_norms - 2.0 * (projected[:, rank:] + self.centred_means_gram[y])
-            nearest = self.present_classes[distances.argmin(1)]
+            self.projected_scatter += (residuals @ self.between_basis).square().sum(0)
+            nearest = self.present_classes[self._nearest_centre(residuals + self.centred_means_all[y])]
             self.ncc_correct += (nearest == y).sum()
             if predictions is not None:
                 self.nc4_mismatches += (predictions[rows].to(self.device) != nearest).sum()
                 self.num_predicted += nearest.shape[0]
+
+    def _nearest_centre(self, centred: Tensor) -> Tensor:
+        """argmin_k ||h - mu_k||^2 = argmin_k (||mu~_k||^2 - 2 (h - mu_G).mu~_k) for the rows h - mu_G (||h - mu_G||^2
+        is the same for every k, so it is left out), over patches of CLASS_PATCH classes: rows x patch distances
+        at a time, never rows x K (K = 32,000 classes: README, "Measure your own model")."""
+        best_value = best_index = None
+        for start in range(0, self.centred_means.shape[0], CLASS_PATCH):
+            patch = slice(start, start + CLASS_PATCH)
+            distances = self.centred_sq_norms[patch] - 2.0 * (centred @ self.centred_means[patch].T)
+            value, index = distances.min(1)
+            if best_value is None:
+                best_value, best_index = value, index
+            else:  # strictly smaller only: ties go to the lower class, as one argmin over all K does
+                better = value < best_value
+                best_value = torch.where(better, value, best_value)
+                best_index = torch.where(better, index + start, best_index)
+        return best_index
 
     def sum_states(self) -> list[Tensor]:
         """The running sums: per-class scatter and projected scatter (float64), counts and NCC/NC4 tallies (int64)."""
@@ -252,8 +265,7 @@ class NeuralCollapse:
             "tr_sw_over_st": _ratio(trace_within, trace_total),
             "tr_sb_over_st": _ratio(trace_between, trace_total),
             "cdnv": cdnv(variances, self.centred_means),
-            "nc2": nc2(self.centred_means),
-            "nc2_gram": nc2_gram(self.centred_means),
+            **nc2_and_nc2_gram(self.centred_means),
             "ncc_acc": int(self.ncc_correct) / num_samples,
         }
         if int(self.num_predicted) > 0:
@@ -276,67 +288,6 @@ def _check_batch(features: Tensor, labels: Tensor) -> None:
     if features.ndim != 2 or labels.ndim != 1 or features.shape[0] != labels.shape[0]:
         raise ValueError(f"expected features (B, m) and labels (B,), got {tuple(features.shape)} and "
                          f"{tuple(labels.shape)}")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# metrics of the class means alone
-
-
-def cdnv(variances: Tensor, centred_means: Tensor) -> float:
-    """Class-distance normalised variance (Galanti et al.): mean over class pairs k < k' of
-    (Var_k + Var_k') / (2 ||mu_k - mu_k'||^2), Var_k = (1/n_k) sum_{i in k} ||h_i - mu_k||^2."""
-    # direct differences, not the ||a||^2 - 2ab + ||b||^2 expansion: close means would lose all precision
-    sq_distances = torch.cdist(centred_means, centred_means, compute_mode="donot_use_mm_for_euclid_dist") ** 2
-    first, second = torch.triu_indices(len(variances), len(variances), offset=1, device=variances.device)
-    return float(((variances[first] + variances[second]) / (2.0 * sq_distances[first, second])).mean())
-
-
-def _simplex_etf_target(num_classes: int, device: torch.device) -> Tensor:
-    """(I_K - 11^T/K) / sqrt(K-1): the Gram of a simplex ETF, scaled to unit Frobenius norm."""
-    identity = torch.eye(num_classes, dtype=torch.float64, device=device)
-    return (identity - 1.0 / num_classes) / math.sqrt(num_classes - 1)
-
-
-def _normalised_rows(centred_means: Tensor) -> Tensor:
-    centred_means = centred_means.to(torch.float64)
-    return centred_means / centred_means.norm(dim=1, keepdim=True)
-
-
-def nc2(centred_means: Tensor) -> float:
-    """NC2, slides eq. 15: || M M^T / ||M M^T||_F - (I_K - 11^T/K) / sqrt(K-1) ||_F,
-    M = rows (mu_k - mu_G) / ||mu_k - mu_G||. 0 iff the class means form a simplex ETF."""
-    directions = _normalised_rows(centred_means)
-    gram = directions @ directions.T
-    target = _simplex_etf_target(gram.shape[0], gram.device)
-    return float(torch.linalg.matrix_norm(gram / torch.linalg.matrix_norm(gram) - target))
-
-
-def nc2_gram(centred_means: Tensor) -> float:
-    """NC2 as the official code reports it: mean_{jk} (M M^T - Sigma_ETF)^2_{jk},
-    Sigma_ETF = (1 + 1/(K-1)) I - 11^T/(K-1), i.e. 1 on the diagonal and -1/(K-1) off it."""
-    directions = _normalised_rows(centred_means)
-    num_classes = directions.shape[0]
-    identity = torch.eye(num_classes, dtype=torch.float64, device=directions.device)
-    etf = (1.0 + 1.0 / (num_classes - 1)) * identity - 1.0 / (num_classes - 1)
-    return float((directions @ directions.T - etf).square().mean())
-
-
-def nc3(classifier_weight: Tensor, class_means: ClassMeansResult, global_mean: str = "unweighted") -> float:
-    """NC3 (self-duality), slides eq. 17: || A M~^T / ||A M~^T||_F - (I_K - 11^T/K) / sqrt(K-1) ||_F.
-
-    A (K x m) is the classifier that follows the layer, M~ the centred class means; rows of A for empty
-    classes are dropped together with those classes.
-    """
-    present = class_means.present
-    if int(present.sum()) < 2:
-        raise ValueError(f"nc3 needs at least 2 non-empty classes, got {int(present.sum())}")
-    if classifier_weight.shape != class_means.means.shape:
-        raise ValueError(f"classifier weight {tuple(classifier_weight.shape)} does not match the class means "
-                         f"{tuple(class_means.means.shape)}")
-    weight = classifier_weight.to(device=class_means.means.device, dtype=torch.float64)[present]
-    product = weight @ class_means.centred_means(global_mean).T
-    target = _simplex_etf_target(product.shape[0], product.device)
-    return float(torch.linalg.matrix_norm(product / torch.linalg.matrix_norm(product) - target))
 
 
 # ----------------------------------------------------------------------------------------------------------
