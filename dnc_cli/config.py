@@ -232,9 +232,8 @@ class PlotConfig:
 # ---------------------------------------------------------------------------------------------------- dnc report
 @dataclass
 class ReportConfig:
-    """`dnc report`: the paper's claims and hypotheses beyond it, judged from the tables. Every verdict threshold is
-    here, each the tool's choice (the paper states none). Falls are factors (before / after: 10.0 = tenfold); shares
-    are fractions of a log-NC drop."""
+    """`dnc report`: every verdict threshold, each the tool's choice (the paper states none). Falls are factors
+    (before / after: 10.0 = tenfold); shares are fractions of a log-NC drop."""
 
     run_dir: str = "outputs"
     nc1_form: str = "nc1_trace"  # the NC1 form the verdicts use (both forms are reported): nc1_trace | nc1
