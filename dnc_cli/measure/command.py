@@ -132,7 +132,8 @@ def measure_features(mcfg: MeasureConfig, device=None):
     measured = measure_embeddings(embeddings, mcfg.num_classes, splits=splits, global_mean=mcfg.nc1.global_mean.value,
                                   official_scaling=mcfg.nc1.official_scaling,
                                   device=device or resolve_device(mcfg.device),
-                                  epoch=mcfg.epoch, gram_samples_per_class=mcfg.gram_samples_per_class)
+                                  epoch=mcfg.epoch, gram_samples_per_class=mcfg.gram_samples_per_class,
+                                  geometry="geometry" in mcfg.families)
     num_classes = mcfg.num_classes or default_num_classes(embeddings.labels)
     facts = {"model": "embeddings", "features": mcfg.features, "num_classes": num_classes}
     return measured, facts
