@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= runs/demo
 
-.PHONY: install test demo lint bench clean
+.PHONY: install test demo lint bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,6 +29,13 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	status=0; for part in analyze rfm agop_precision measure distributed; do $(PY) bench/bench_$$part.py || status=1; done; exit $$status
+
+# the GPU check (bench/gpu_check.py): never part of `make test`. It uses the venv when there is one, else python3 (a
+# GPU machine with the project installed by `pip install --no-deps -e .`), and installs nothing.
+# GPU_CHECK_ARGS: e.g. --out $$OUT/gpu_check.md, or --cpu-dry-run
+GPU_PY := $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	$(GPU_PY) bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache
