@@ -11,10 +11,10 @@ from conftest import TINY, assert_usage_error, naive_agops, naive_jacobians, run
 
 from dnc_cli.analyze.command import analyze_run
 from dnc_cli.analyze.network import analyze_checkpoint
-from dnc_cli.metrics import agop as agop_module
-from dnc_cli.metrics.agop import LayerAGOPs
 from dnc_cli.config import AnalyzeConfig, ModelConfig
 from dnc_cli.data import load_dataset
+from dnc_cli.metrics import agop as agop_module
+from dnc_cli.metrics.agop import LayerAGOPs
 from dnc_cli.models.networks import build_model
 from dnc_cli.runs import read_run_config
 from dnc_cli.train.command import run
