@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= runs/demo
 
-.PHONY: install test demo lint bench reproduce clean
+.PHONY: install test demo lint bench reproduce gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -33,6 +33,13 @@ bench: $(STAMP)
 # every experiment of results/, resumable (results/scripts/reproduce.sh: DNC_SCALE=cpu|paper|smoke, DNC_DATA, ...)
 reproduce: $(STAMP)
 	bash results/scripts/reproduce.sh
+
+# the GPU check (bench/gpu_check.py): never part of `make test`. It uses the venv when there is one, else python3 (a
+# GPU machine with the project installed by `pip install --no-deps -e .`), and installs nothing.
+# GPU_CHECK_ARGS: e.g. --out $$OUT/gpu_check.md, or --cpu-dry-run
+GPU_PY := $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	$(GPU_PY) bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

@@ -17,7 +17,8 @@ from dnc_cli.errors import UsageError, fail
 from dnc_cli.runs import RESUME_IN_SWEEPS
 
 # each command's module: its Hydra app `main` and `check(cfg)`, the validation the dispatcher runs first (and
-# SHORTHANDS, {key: full key} for keys that would otherwise name a config group: dnc measure's model=)
+# SHORTHANDS, {key: full key} for keys that would otherwise name a config group: dnc measure's model=; and
+# help_text(overrides), a --help of its own instead of Hydra's)
 COMMANDS = {
     "train": ("dnc_cli.train.command", "train a network (or build a Deep RFM) and save checkpoints"),
     "analyze": ("dnc_cli.analyze.command", "NC1-NC4, SVD-decomposed NC1 and NFA per layer and checkpoint"),
@@ -155,6 +156,13 @@ def main(argv: list[str] | None = None) -> None:
         fail(command, f"unknown command '{command}'; valid: {', '.join(COMMANDS)}")
     module = importlib.import_module(COMMANDS[command][0])
     args = _expand_shorthands(args, getattr(module, "SHORTHANDS", {}))
+    help_text = getattr(module, "help_text", None)  # a command's own --help (measure: only what it reads)
+    if help_text is not None and {"--help", "-h"} & set(args):
+        try:
+            print(help_text([arg for arg in args if not arg.startswith("-")]))
+        except Exception as exc:  # a bad override: Hydra's composition error, in one line
+            fail(command, _compose_error(exc))
+        return
     overrides = _overrides(args)
     if overrides is not None:
         multirun = _check_config(command, module, overrides) or bool({"-m", "--multirun"} & set(args))

@@ -70,7 +70,8 @@ class Precision(Enum):
 
 
 SPLITS = ("train", "test")
-FAMILIES = ("nc", "svd", "nfa")  # nc: NC1-NC4 per layer; svd: NC1 of input/right/left/activation/agop; nfa: WᵀW vs AGOP
+FAMILIES = ("nc", "svd", "nfa", "geometry")  # NC1-NC4 | NC1 of the SVD stages | WᵀW vs AGOP | metrics/geometry.py
+ANALYZE_FAMILIES = FAMILIES[:3]  # geometry is dnc measure's alone: the tables dnc analyze wrote keep their rows
 NC1_FORMS = ("nc1_trace", "nc1")  # tr(Σ_W)/tr(Σ_B) (the paper's figures) | tr(Σ_W Σ_B^†)/K (PAPER.md, NC1)
 NFA_FORMS = ("standard", "centered", "init_removed", "init_removed_centered")  # README, "NFA forms"
 FIGURE_FORMATS = ("png", "pdf")
@@ -201,7 +202,7 @@ class DistributedOptions:
 class AnalyzeConfig:
     run_dir: str = "outputs"
     splits: list[str] = field(default_factory=lambda: list(SPLITS))
-    families: list[str] = field(default_factory=lambda: list(FAMILIES))
+    families: list[str] = field(default_factory=lambda: list(ANALYZE_FAMILIES))
     nc1: NC1Options = field(default_factory=NC1Options)
     nfa: NFAOptions = field(default_factory=NFAOptions)
     gram_samples_per_class: int = 30
@@ -357,7 +358,7 @@ def validate_analyze(cfg: AnalyzeConfig) -> AnalyzeConfig:
     for split in cfg.splits:
         _need(split in SPLITS, f"splits contains '{split}'; valid: {', '.join(SPLITS)}")
     for family in cfg.families:
-        _need(family in FAMILIES, f"families contains '{family}'; valid: {', '.join(FAMILIES)}")
+        _need(family in ANALYZE_FAMILIES, f"families contains '{family}'; valid: {', '.join(ANALYZE_FAMILIES)}")
     _need(len(cfg.splits) > 0, "splits=[] is empty; valid: train, test")
     _need(all(p > 0 for p in cfg.nfa.powers), f"nfa.powers={cfg.nfa.powers} must be positive")
     for form in cfg.nfa.forms:

@@ -18,6 +18,17 @@ from dnc_cli.errors import DAMAGED_FILE_ERRORS, UsageError, short
 SUBSET_SEED = 0
 # NC1 compares within-class with between-class variability: a class needs two samples for the first to exist
 MIN_PER_CLASS = 2
+# the dataset keys (DatasetConfig) that load_dataset reads for each kind of dataset; the schema holds the union.
+# `rff_gamma` is read by no loader: it is the Deep RFM preset's value for the dataset (conf/experiment/paper_deep_rfm)
+COMMON_KEYS = ("name", "n_train", "n_test", "balanced", "standardize", "labels")
+KEYS_READ = {DatasetName.digits: COMMON_KEYS,
+             DatasetName.synthetic: (*COMMON_KEYS, "num_classes", "dim", "separation", "n_available")}
+TORCHVISION_KEYS = (*COMMON_KEYS, "root", "download")  # mnist, fashion_mnist, cifar10, svhn
+
+
+def keys_read(name: DatasetName) -> tuple[str, ...]:
+    """The DatasetConfig keys that loading the dataset `name` reads."""
+    return KEYS_READ.get(name, TORCHVISION_KEYS)
 
 
 @dataclass

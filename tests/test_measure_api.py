@@ -213,6 +213,7 @@ def test_the_model_is_left_as_it_was_found():
     assert all(p.grad is None for p in net.parameters())
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_gives_the_cpu_numbers():
     net = _resnet_with_head()

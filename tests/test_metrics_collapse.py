@@ -310,6 +310,7 @@ def test_nc4_absent_without_predictions():
     assert "nc4" not in analyse(features, labels, 5)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_matches_cpu():
     features, labels, predictions = make_data(seed=16)

@@ -42,7 +42,8 @@ def measure(model: nn.Module, data=None, num_classes: int | None = None, *, laye
                  None: every nn.Linear.
     families     nc: NC1-NC4, NCC, CDNV of every layer (stage ""); svd: the SVD stages of every nn.Linear
                  (input/right/left/activation/agop); nfa: corr(WᵀW, AGOP^α) of every nn.Linear and nn.Conv2d (the
-                 conv's AGOP over input patches, see dnc_cli/measure/agop.py).
+                 conv's AGOP over input patches, see dnc_cli/measure/agop.py); geometry: equinorm, gnc2, unc3 and
+                 the effective ranks of every layer (dnc_cli/metrics/geometry.py).
     splits       {name: data} (e.g. {"train": ..., "test": ...}); `data`, when also given, is the "train" split. The
                  AGOPs (svd's agop stage, nfa) come from "train", or from the first split when there is none.
     pool         None: conv maps and token sequences are flattened (m = C·H·W: the metrics never form an m x m

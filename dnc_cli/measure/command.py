@@ -23,8 +23,8 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from dnc_cli.config import FAMILIES, SPLITS, MeasureConfig, to_object, to_plain, validate_dataset
-from dnc_cli.data import load_dataset
+from dnc_cli.config import FAMILIES, SPLITS, DatasetName, MeasureConfig, to_object, to_plain, validate_dataset
+from dnc_cli.data import keys_read, load_dataset
 from dnc_cli.devices import resolve_device, validate_device
 from dnc_cli.distributed import GroupBroken, is_writer, launched_as_ranks, process_group, require_agreement, shard
 from dnc_cli.errors import UsageError, fail
@@ -79,11 +79,33 @@ def check(cfg: DictConfig) -> MeasureConfig:
     agop_probes_option(mcfg.agop_probes)
     if not mcfg.distributed.timeout_s > 0:
         raise UsageError(f"distributed.timeout_s={mcfg.distributed.timeout_s} must be > 0")
+    if "hydra" in cfg and cfg.hydra.run.dir != ".":  # conf/measure.yaml's: Hydra writes nothing, out_dir all
+        raise UsageError(f"hydra.run.dir={cfg.hydra.run.dir} is dnc train's; dnc measure writes to out_dir=<dir>")
     out_dir = Path(mcfg.out_dir)
     ensure_writable_dir(out_dir, "out_dir")
     if (out_dir / CONFIG_FILE).is_file() and not is_measure_run(out_dir):
         raise UsageError(f"out_dir={out_dir} holds a dnc train run; measure into another folder")
     return mcfg
+
+
+def help_text(overrides: list[str]) -> str:
+    """`dnc measure [overrides] --help`: the config group measure reads (dataset=) and the composed config with the
+    dataset keys that its kind reads (dnc_cli/data.py, keys_read), instead of Hydra's help, which lists every group
+    of conf/ (train's experiment=, optimizer=, ...) and every key of the dataset schema."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    with initialize_config_module("dnc_cli.conf", version_base="1.3"):
+        options = GlobalHydra.instance().config_loader().get_group_options("dataset")
+        cfg = OmegaConf.to_container(compose("measure", overrides), resolve=False, enum_to_str=True)
+    read = keys_read(DatasetName(cfg["dataset"]["name"]))
+    cfg["dataset"] = {key: value for key, value in cfg["dataset"].items() if key in read}
+    return "\n".join([
+        "dnc measure: the tables of `dnc analyze` for any PyTorch model's layers or for saved embeddings.",
+        'Every key and its meaning: dnc_cli/config.py (MeasureConfig), README "Measure your own model".', "",
+        "== Configuration groups ==", f"dataset: {', '.join(options)}", "",
+        f"== Config (dataset: the keys dataset={cfg['dataset']['name']} reads) ==", OmegaConf.to_yaml(cfg)])
 
 
 def check_ranks(mcfg: MeasureConfig) -> MeasureConfig:
@@ -134,7 +156,8 @@ def measure_features(mcfg: MeasureConfig, device=None):
     measured = measure_embeddings(embeddings, mcfg.num_classes, splits=splits, global_mean=mcfg.nc1.global_mean.value,
                                   official_scaling=mcfg.nc1.official_scaling,
                                   device=device or resolve_device(mcfg.device),
-                                  epoch=mcfg.epoch, gram_samples_per_class=mcfg.gram_samples_per_class)
+                                  epoch=mcfg.epoch, gram_samples_per_class=mcfg.gram_samples_per_class,
+                                  geometry="geometry" in mcfg.families)
     num_classes = mcfg.num_classes or default_num_classes(embeddings.labels)
     facts = {"model": "embeddings", "features": mcfg.features, "num_classes": num_classes}
     return measured, facts

@@ -9,8 +9,8 @@ File formats (the names of the arrays / columns; the first one present is used):
 * `.parquet`: one row per sample; the label column as above, optional `split` and `predictions` columns, and the
   features either in one list-valued column (`features` | `embeddings` | `x`) or as every other numeric column.
 
-The embeddings are layer 1 of the table (module `embeddings`), family nc only: without weights there is nothing
-to decompose and no AGOP.
+The embeddings are layer 1 of the table (module `embeddings`), families nc and geometry: without weights there is
+nothing to decompose and no AGOP.
 
 Under torchrun every rank reads the whole file and measures its shard of each split (dnc_cli/distributed.py); the
 Gram figure's sample is then from this rank's shard.
@@ -31,6 +31,7 @@ from dnc_cli.measure.inputs import TRAIN_SPLIT, check_labels
 from dnc_cli.measure.layers import LayerInfo
 from dnc_cli.measure.stats import SplitStats, gram_sample, gram_sample_rows
 from dnc_cli.metrics.collapse import nc3
+from dnc_cli.metrics.geometry import unc3
 
 FEATURE_KEYS = ("features", "embeddings", "x")
 LABEL_KEYS = ("labels", "label", "y", "targets")
@@ -157,10 +158,12 @@ def default_num_classes(labels: torch.Tensor) -> int:
 
 def measure_embeddings(embeddings: Embeddings, num_classes: int | None = None, *, splits: list[str] | None = None,
                        batch_size: int = 4096, global_mean: str = "unweighted", official_scaling: bool = False,
-                       device=None, epoch: int | None = None, gram_samples_per_class: int = 0) -> Measured:
+                       device=None, epoch: int | None = None, gram_samples_per_class: int = 0,
+                       geometry: bool = True) -> Measured:
     """NC1-NC4, NCC and CDNV of the embeddings per split (two streaming sweeps over row blocks, as `measure`);
-    nc3 with a classifier, nc4 with predictions. `splits`: which of the file's splits (default all; a file without a
-    split column is all "train"). num_classes: default max(label) + 1."""
+    nc3 with a classifier, nc4 with predictions; with `geometry`, the geometry family (unc3 with a classifier).
+    `splits`: which of the file's splits (default all; a file without a split column is all "train").
+    num_classes: default max(label) + 1."""
     labels = embeddings.labels
     num_classes = num_classes or default_num_classes(labels)
     device = torch.device(device or "cpu")
@@ -177,7 +180,7 @@ def measure_embeddings(embeddings: Embeddings, num_classes: int | None = None, *
         index = torch.from_numpy(np.flatnonzero(split_of == split))
         sizes[split] = len(index)
         index = index[shard(len(index))]  # this rank's samples (all of them in one process)
-        stats = SplitStats(split, num_classes, global_mean, official_scaling)
+        stats = SplitStats(split, num_classes, global_mean, official_scaling, geometry)
         blocks = [index[i:i + batch_size] for i in range(0, len(index), batch_size)]
         key = (1, "")
         for block in blocks:  # sweep 1: class means
@@ -189,9 +192,13 @@ def measure_embeddings(embeddings: Embeddings, num_classes: int | None = None, *
             stats.add_collapse(key, embeddings.features[block].to(device), labels[block].to(device), predictions)
         results = stats.results()[key]
         rows += [(None, split, 1, "", name, value, LAYER_NAME) for name, value in results.items()]
+        if geometry:
+            rows += [(None, split, 1, "", name, value, LAYER_NAME)
+                     for name, value in stats.geometry_results()[key].items()]
         if embeddings.classifier is not None and embeddings.classifier.shape[0] == num_classes:
-            rows.append((None, split, 1, "", "nc3", nc3(embeddings.classifier, stats.means[key], global_mean),
-                         LAYER_NAME))
+            for name, metric in [("nc3", nc3)] + [("unc3", unc3)] * geometry:
+                rows.append((None, split, 1, "", name, metric(embeddings.classifier, stats.means[key], global_mean),
+                             LAYER_NAME))
         if split == TRAIN_SPLIT and gram_samples_per_class > 0:
             chosen = index[gram_sample_rows(labels[index], num_classes, gram_samples_per_class)]
             gram = {"labels": labels[chosen].numpy(), "layer_1": gram_sample(embeddings.features[chosen])}

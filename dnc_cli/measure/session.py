@@ -39,6 +39,7 @@ from dnc_cli.measure.layers import LINEAR_STAGES, LayerInfo, MeasuredLayer
 from dnc_cli.measure.stats import GramSample, SplitStats
 from dnc_cli.metrics.agop import CLOSED_FORM, SKETCH, LinearCalls, OrthogonalProbes, backward_rows, closed_form_agop
 from dnc_cli.metrics.collapse import nc3
+from dnc_cli.metrics.geometry import ERANK_MAX_FEATURES, unc3
 
 log = logging.getLogger("dnc.measure")
 # agop_probes=auto: this many random VJPs per batch, which is the exact K passes when K <= it (PAPER.md, AGOP; the
@@ -54,6 +55,7 @@ class Session:
     def __init__(self, model: nn.Module, selected: list[tuple[str, nn.Module]], options, device, dtype):
         self.model, self.options, self.device, self.dtype = model, options, device, dtype
         self.want_svd, self.want_nc = "svd" in options.families, "nc" in options.families
+        self.want_geometry = "geometry" in options.families
         self.layers = [MeasuredLayer.selected(index, name, module, options.families)
                        for index, (name, module) in enumerate(selected, start=1)]
         self.handles: list = []
@@ -199,7 +201,7 @@ class Session:
         powers = set(self.options.nfa_powers if "nfa" in families else ())
         for split, source in sources.items():
             stats = SplitStats(split, self.options.num_classes, self.options.global_mean,
-                               self.options.official_scaling)
+                               self.options.official_scaling, self.want_geometry)
             with_agop = split == agop_split and any(layer.agop is not None for layer in self.layers)
             labels, predictions = self.sweep(source, stats, "means", with_agop)
             stats.finish_means()
@@ -289,6 +291,11 @@ class Session:
             if out.shape[1] != self.options.num_classes and self.want_nc:
                 log.warning("the model's outputs have %d columns, not num_classes=%d: no predictions, no nc4 rows",
                             out.shape[1], self.options.num_classes)
+            wide = [f"{layer.name} (m={layer.features})" for layer in self.layers
+                    if self.want_geometry and layer.features > ERANK_MAX_FEATURES]
+            if wide:
+                log.warning("no erank rows for %s: the effective ranks need an m x m covariance, m <= %d (pool=avg "
+                            "averages a conv map over its positions)", ", ".join(wide), ERANK_MAX_FEATURES)
             self.first_batch = False
         return out
 
@@ -353,6 +360,7 @@ class Session:
     # ------------------------------------------------------------------ rows
     def split_rows(self, stats: SplitStats, results: dict) -> list[tuple]:
         rows = []
+        geometry = stats.geometry_results() if self.want_geometry else {}
 
         def emit(layer, stage, metrics):
             rows.extend((None, stats.split, layer.index, stage, name, value, layer.name)
@@ -362,20 +370,23 @@ class Session:
             index = layer.index
             if self.want_nc:
                 emit(layer, "", results[(index, "")])
+            if self.want_geometry:
+                emit(layer, "", geometry[(index, "")])
             if self.want_svd and layer.has_svd_stages:
                 for stage in LINEAR_STAGES:
                     key = (index, "" if stage == "left" else stage)  # `left` W h (+ b) is the Linear's own output
                     if key in results:
                         emit(layer, stage, results[key])
-            if self.want_nc and self.classifier is not None:
-                for key in self.nc3_keys:
-                    if key[0] != index or key not in results or (key[1] and not self.want_svd):
-                        continue
+            duality = [("nc3", nc3)] * self.want_nc + [("unc3", unc3)] * self.want_geometry
+            for key in self.nc3_keys if self.classifier is not None else ():
+                if key[0] != index or key not in results or (key[1] and not self.want_svd):
+                    continue
+                for name, metric in duality:
                     try:
-                        value = nc3(self.classifier.weight.detach(), stats.means[key], self.options.global_mean)
+                        value = metric(self.classifier.weight.detach(), stats.means[key], self.options.global_mean)
                     except ValueError:  # the classifier's width is not this representation's (a coincidence)
                         continue
-                    rows.append((None, stats.split, index, key[1], "nc3", value, layer.name))
+                    rows.append((None, stats.split, index, key[1], name, value, layer.name))
         return rows
 
     def layer_infos(self) -> list[LayerInfo]:

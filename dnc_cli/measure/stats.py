@@ -15,18 +15,24 @@ import torch
 from dnc_cli.distributed import require_agreement, sync_all
 from dnc_cli.errors import UsageError
 from dnc_cli.metrics.collapse import ClassMeans, ClassMeansResult, NeuralCollapse
+from dnc_cli.metrics.geometry import ERANK_MAX_FEATURES, WithinScatter, geometry_of_means
 
 
 class SplitStats:
     """The two sweeps' accumulators of one split, per representation key (layer, stage): ClassMeans in sweep 1,
-    then, given the class means, NeuralCollapse in sweep 2."""
+    then, given the class means, NeuralCollapse in sweep 2; with `geometry`, also the within-class scatter of the
+    layers' own representations (stage "", m <= ERANK_MAX_FEATURES) for dnc_cli/metrics/geometry.py's effective
+    ranks."""
 
-    def __init__(self, split: str, num_classes: int, global_mean: str, official_scaling: bool):
+    def __init__(self, split: str, num_classes: int, global_mean: str, official_scaling: bool,
+                 geometry: bool = False):
         self.split, self.num_classes = split, num_classes
         self.global_mean, self.official_scaling = global_mean, official_scaling
+        self.geometry = geometry
         self.mean_sums: dict = {}
         self.means: dict[tuple[int, str], ClassMeansResult] = {}
         self.collapse: dict = {}
+        self.scatter: dict = {}
 
     def add_means(self, key, features: torch.Tensor, labels: torch.Tensor) -> None:
         self.mean_sums.setdefault(key, ClassMeans(self.num_classes)).update(features, labels)
@@ -45,14 +51,30 @@ class SplitStats:
                              for key, means in self.means.items()}
         except ValueError as exc:  # fewer than 2 classes present
             raise UsageError(f"split '{self.split}': {exc}") from None
+        if self.geometry:
+            self.scatter = {key: WithinScatter(means) for key, means in self.means.items()
+                            if key[1] == "" and means.means.shape[1] <= ERANK_MAX_FEATURES}
 
     def add_collapse(self, key, features: torch.Tensor, labels: torch.Tensor, predictions) -> None:
         accumulator = self.collapse.get(key)
         if accumulator is not None:
             accumulator.update(features, labels, predictions)
+        if key in self.scatter:
+            self.scatter[key].update(features, labels)
+
+    def geometry_results(self) -> dict[tuple[int, str], dict[str, float]]:
+        """After `results()`: the geometry family's metrics of the class means (stage "" keys), with the effective
+        ranks where the representation is narrow enough (dnc_cli/metrics/geometry.py)."""
+        found = {}
+        for key, means in self.means.items():
+            if key[1] == "":
+                found[key] = geometry_of_means(means.centred_means(self.global_mean))
+                if key in self.scatter:
+                    found[key].update(self.scatter[key].compute(self.global_mean, self.official_scaling))
+        return found
 
     def results(self) -> dict[tuple[int, str], dict[str, float]]:
-        sync_all(self.collapse.values())
+        sync_all([*self.collapse.values(), *self.scatter.values()])
         try:
             return {key: acc.compute() for key, acc in self.collapse.items()}
         except ValueError as exc:  # the sweeps saw different data
