@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from dnc_cli.config import PlotConfig, to_object
 from dnc_cli.errors import UsageError, fail
+from dnc_cli.guards import require_no_link_out
 from dnc_cli.plot.figures import FIGURES, RUN_FIGURES, FigureInputs, check_options
 from dnc_cli.plot.style import NotDrawable, as_tpt, save
 from dnc_cli.plot.sweep import plot_sweep
@@ -55,6 +56,7 @@ def plot_run(run_dir: Path, figures: list[str] | None = None, nc1_form: str = "n
                           train_log=read_train_log(run_dir), run_dir=run_dir)
     applicable = RUN_FIGURES[kind]
     written: list[Path] = []
+    require_no_link_out(run_dir, [FIGURES_DIR])
     with staged_files() as stage:  # the run's figure set is replaced whole, or not at all
         for name in figures if figures is not None else applicable:
             if name not in applicable:

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 import dnc_cli
 from dnc_cli.config import TrainConfig, to_object, to_plain, validate_train
 from dnc_cli.errors import UsageError, need, reading
+from dnc_cli.guards import load_omegaconf
 from dnc_cli.runs import CONFIG_FILE, LABELS_FILE, atomic_path, holds_run, save_atomic
 
 # config keys that may change when resuming a run (everything else must match the saved config)
@@ -36,7 +37,7 @@ def check_resume_config(run_dir: Path, plain: dict) -> None:
     by its meaning (standardize: true = pixel); keys that its file lacks (added to dnc since) are not compared."""
     path = run_dir / CONFIG_FILE
     with reading(path):
-        written = OmegaConf.load(path)
+        written = load_omegaconf(path)
         saved = to_plain(validate_train(to_object(written, TrainConfig)))
         written = OmegaConf.to_container(written)
         need(isinstance(written, dict), path, "a YAML mapping expected")
