@@ -8,6 +8,7 @@ picks its figures from the registry (dnc_cli/plot/figures.py).
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -74,6 +75,7 @@ def plot_run(run_dir: Path, figures: list[str] | None = None, nc1_form: str = "n
 
 def check(cfg: DictConfig) -> PlotConfig:
     pcfg = to_object(cfg, PlotConfig)
+    check_options(pcfg.figures, pcfg.nc1_form, tuple(pcfg.formats), pcfg.dpi)  # before any run is read
     require_run_dir(pcfg.run_dir)
     return pcfg
 
@@ -107,3 +109,6 @@ def main(cfg: DictConfig) -> None:
             print(f"not plotted ({len(skipped)} run(s) without analysis): {', '.join(map(str, skipped))}")
     except UsageError as exc:
         fail("plot", str(exc))
+    except KeyboardInterrupt:  # staged files are discarded: every file as it was
+        print("dnc plot: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None

@@ -7,6 +7,7 @@ Verdicts: `holds`, `does not hold`, `not applicable` (with the reason).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,6 +80,9 @@ def main(cfg: DictConfig) -> None:
         report = write_report(Path(rcfg.run_dir), rcfg)
     except UsageError as exc:
         fail("report", str(exc))
+    except KeyboardInterrupt:  # staged files are discarded: every file as it was
+        print("dnc report: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     what = f"{report.runs} runs, mean over seeds" if report.runs > 1 else "1 run"
     print(f"{report.path} ({what})")
     for claim in report.claims:
