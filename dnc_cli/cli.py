@@ -38,6 +38,10 @@ _FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-name", "-cn", "
                      "--config-dir", "-cd", "--experimental-rerun"}
 # Hydra flags after which we do not pre-compose (Hydra prints help/info itself)
 _INFO_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--version"}
+# Hydra flags that print the config instead of running: the config is composed (bad values still fail in one line)
+# but the command's checks of what it would act on (run_dir=, out_dir=) do not run
+_PRINT_FLAGS = {"--cfg", "-c"}
+_MULTIRUN_FLAGS = {"-m", "--multirun"}
 
 
 def _overrides(args: list[str]) -> list[str] | None:
@@ -98,9 +102,11 @@ def _did_you_mean(defaults, keys: list[str]) -> str:
     return f" (did you mean {', '.join(hints)}?)" if hints else ""
 
 
-def _check_config(command: str, module, overrides: list[str]) -> bool:
-    """Compose the config once per sweep value so that every bad value fails here, in one line. Returns whether the
-    config asks for a multirun (hydra.mode: MULTIRUN, as the +sweep=... presets do)."""
+def _check_config(command: str, module, overrides: list[str], multirun: bool = False, checks: bool = True) -> bool:
+    """Compose the config once per sweep value so that every bad value fails here, in one line, and run the
+    command's `check` on it (unless `checks` is off: --cfg prints the config only). Returns whether the command is
+    a multirun: `multirun` (-m given) or the config asks for one (hydra.mode: MULTIRUN, as the +sweep=... presets
+    do); a comma list without either is refused (Hydra would print a five-line error)."""
     from hydra import compose, initialize_config_module
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.types import RunMode
@@ -117,7 +123,7 @@ def _check_config(command: str, module, overrides: list[str]) -> bool:
     combos = [[c[0] for c in choices]]
     for i, values in enumerate(choices):
         combos += [[*(c[0] for c in choices[:i]), v, *(c[0] for c in choices[i + 1:])] for v in values[1:]]
-    multirun = False
+    sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
     with initialize_config_module("dnc_cli.conf", version_base="1.3"):
         for combo in itertools.islice(combos, 64):
             try:
@@ -126,7 +132,12 @@ def _check_config(command: str, module, overrides: list[str]) -> bool:
             except Exception as exc:
                 fail(command, _compose_error(exc) + _did_you_mean(compose(config_name=command), keys))
             multirun = multirun or cfg.hydra.mode == RunMode.MULTIRUN
+            if sweeps and not multirun:
+                fail(command, f"{sweeps[0]} is a list of values to sweep over: add -m (dnc {command} -m ...) to "
+                              "run one job per value")
             _stand_in_job(cfg)
+            if not checks:
+                continue
             try:
                 module.check(cfg)
             except UsageError as exc:
@@ -165,7 +176,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     overrides = _overrides(args)
     if overrides is not None:
-        multirun = _check_config(command, module, overrides) or bool({"-m", "--multirun"} & set(args))
+        multirun = _check_config(command, module, overrides, multirun=bool(_MULTIRUN_FLAGS & set(args)),
+                                 checks=not _PRINT_FLAGS & set(args))
         if command == "train" and multirun and not any(o.lstrip("+").startswith("resume=") for o in overrides):
             args = [*args, RESUME_IN_SWEEPS]  # sweep jobs continue their own folder when it holds last.pt
     launch = getattr(module, "launch", None)  # a command that drives a Hydra launcher itself (analyze: a job per run)

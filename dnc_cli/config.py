@@ -359,6 +359,7 @@ def validate_analyze(cfg: AnalyzeConfig) -> AnalyzeConfig:
         _need(split in SPLITS, f"splits contains '{split}'; valid: {', '.join(SPLITS)}")
     for family in cfg.families:
         _need(family in ANALYZE_FAMILIES, f"families contains '{family}'; valid: {', '.join(ANALYZE_FAMILIES)}")
+    _need(len(cfg.families) > 0, f"families=[] is empty; valid: {', '.join(ANALYZE_FAMILIES)}")  # as measure does
     _need(len(cfg.splits) > 0, "splits=[] is empty; valid: train, test")
     _need(all(p > 0 for p in cfg.nfa.powers), f"nfa.powers={cfg.nfa.powers} must be positive")
     for form in cfg.nfa.forms:

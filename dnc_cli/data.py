@@ -106,16 +106,23 @@ def _torchvision(cfg: DatasetConfig):
 
     cls = {DatasetName.mnist: tvd.MNIST, DatasetName.fashion_mnist: tvd.FashionMNIST,
            DatasetName.cifar10: tvd.CIFAR10, DatasetName.svhn: tvd.SVHN}[cfg.name]
-    try:
-        if cfg.name == DatasetName.svhn:
-            train, test = (cls(cfg.root, split=s, download=cfg.download) for s in ("train", "test"))
-        else:
-            train, test = (cls(cfg.root, train=t, download=cfg.download) for t in (True, False))
-        arrays = (*as_tensors(train), *as_tensors(test))
-    except DAMAGED_FILE_ERRORS as exc:  # missing, or damaged: torchvision checks little of what it reads
+    def damaged(exc: BaseException) -> UsageError:
         hint = "set dataset.download=true" if not cfg.download else "check the network"
-        raise UsageError(f"dataset.root={cfg.root}: {cfg.name.value} not found, unreadable or damaged ({short(exc)}); "
-                         f"{hint} or point dataset.root at a folder holding it") from exc
+        return UsageError(f"dataset.root={cfg.root}: {cfg.name.value} not found, unreadable or damaged ({short(exc)}); "
+                          f"{hint} or point dataset.root at a folder holding it")
+
+    try:  # torchvision's readers check little and raise anything on bytes they do not expect (the IDX reader an
+        # AssertionError on random bytes): whatever the constructors raise, the files are missing or damaged
+        if cfg.name == DatasetName.svhn:
+            train, test = [cls(cfg.root, split=s, download=cfg.download) for s in ("train", "test")]
+        else:
+            train, test = [cls(cfg.root, train=t, download=cfg.download) for t in (True, False)]
+    except Exception as exc:
+        raise damaged(exc) from exc
+    try:
+        arrays = (*as_tensors(train), *as_tensors(test))
+    except DAMAGED_FILE_ERRORS as exc:  # arrays of the wrong shape or type
+        raise damaged(exc) from exc
     return *arrays, 10
 
 

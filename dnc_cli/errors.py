@@ -59,9 +59,14 @@ def unpickling_detail(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def reading(path, hint: str = ""):
+def reading(path, hint: str = "", *, library: bool = False):
     """Read and parse `path` inside this block: any failure of the file becomes a UsageError that names it (and adds
-    `hint`, e.g. how to rebuild the file). A UsageError raised inside passes through unchanged."""
+    `hint`, e.g. how to rebuild the file). A UsageError raised inside passes through unchanged.
+
+    `library=True` when the block is a third-party reader's call alone (torch.load, np.load, pandas, torchvision's
+    datasets): such a reader raises whatever its checks raise on bytes it does not expect (torchvision's IDX reader
+    an AssertionError), so any exception from it is the file's. Our own parsing stays outside such a block, so that
+    a bug of ours keeps its traceback."""
     path = Path(path)
     suffix = f"; {hint}" if hint else ""
     try:
@@ -76,6 +81,10 @@ def reading(path, hint: str = ""):
         raise UsageError(f"{path} is not a file of tensors that loads safely (weights_only=True refused it: "
                          f"{unpickling_detail(exc)}){suffix}") from exc
     except DAMAGED_FILE_ERRORS as exc:
+        raise UsageError(f"{path} is damaged or not what dnc wrote ({short(exc)}){suffix}") from exc
+    except Exception as exc:
+        if not library:
+            raise
         raise UsageError(f"{path} is damaged or not what dnc wrote ({short(exc)}){suffix}") from exc
 
 

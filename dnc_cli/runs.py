@@ -34,6 +34,14 @@ from omegaconf import DictConfig, OmegaConf
 from dnc_cli.config import NC1_FORMS, ModelName, TrainConfig, to_object
 from dnc_cli.devices import job_gpu
 from dnc_cli.errors import UsageError, need, reading
+from dnc_cli.guards import (
+    find_named,
+    load_omegaconf,
+    load_safely,
+    remove_stale_temporaries,
+    require_searchable,
+    temporary_prefix,
+)
 
 CONFIG_FILE = "config_resolved.yaml"
 SUMMARY_FILE = "summary.json"
@@ -125,7 +133,8 @@ class Staging:
         path = Path(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            remove_stale_temporaries(path)  # left by a command killed while it wrote `path`
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path), suffix=".tmp")
         except OSError as exc:
             raise UsageError(f"cannot write {path} ({exc.strerror or exc})") from exc
         os.close(fd)
@@ -223,26 +232,36 @@ def read_run_config(run_dir: Path) -> TrainConfig:
     what defines the run, or holds values the schema refuses."""
     path = Path(run_dir) / CONFIG_FILE
     with reading(path):
-        loaded = OmegaConf.load(path)
+        loaded = load_omegaconf(path)
         need(isinstance(loaded, DictConfig), path, "a YAML mapping expected")
         missing = [key for key in RUN_DEFINING_KEYS if key not in loaded]
         need(not missing, path, f"no {', '.join(missing)}")
         return to_object(loaded, TrainConfig)
 
 
+# summary.json's keys that commands compute with: their JSON type (null is allowed for each)
+SUMMARY_TYPES = {"tpt_epoch": int, "epochs_done": int, "n_relabelled": int, "status": str, "command": str, "model": str,
+                 "dataset": str, "final": dict, "error": str}
+
+
 def read_summary(run_dir: Path) -> dict:
-    """<run_dir>/summary.json, or {} for a run that has none (yet)."""
+    """<run_dir>/summary.json, or {} for a run that has none (yet); UsageError naming the file and the key when a
+    value has the wrong type (a tpt_epoch edited into a string)."""
     path = Path(run_dir) / SUMMARY_FILE
-    return read_json(path) if path.exists() else {}
+    summary = read_json(path) if path.exists() else {}
+    final = summary.get("final") if isinstance(summary.get("final"), dict) else {}
+    values = {**{key: (summary.get(key), kind) for key, kind in SUMMARY_TYPES.items()},
+              **{f"final.{key}": (value, (int, float, str)) for key, value in final.items()}}
+    for key, (value, kind) in values.items():
+        need(value is None or (isinstance(value, kind) and not isinstance(value, bool)), path,
+             f"{key} is {json.dumps(value)[:40]}, of the wrong type")
+    return summary
 
 
 def load_tensors(path: Path, device=None, keys: tuple[str, ...] = ()) -> dict:
     """A .pt file dnc wrote (a checkpoint, labels.pt), loaded with weights_only=True (no code in it can run);
     UsageError naming the file when it is missing, truncated, hostile, or not a dict holding `keys`."""
-    import torch
-
-    with reading(path):
-        data = torch.load(path, map_location=device, weights_only=True)
+    data = load_safely(path, device)
     need(isinstance(data, dict), path, f"a dict of tensors expected, found {type(data).__name__}")
     missing = [key for key in keys if key not in data]
     need(not missing, path, f"no {', '.join(missing)} entry")
@@ -311,13 +330,14 @@ def require_run_dir(root) -> Path:
     root = Path(root)
     if not root.exists():
         raise UsageError(f"run_dir={root} does not exist")
+    require_searchable(root)
     return root
 
 
 def find_runs(root: Path) -> list[Path]:
     """Every folder under `root` (itself included) holding a run's config_resolved.yaml."""
     root = require_run_dir(root)
-    return sorted(p.parent for p in root.rglob(CONFIG_FILE) if ".hydra" not in p.parts)
+    return find_named(root, CONFIG_FILE)
 
 
 def is_sweep(path: Path, runs: list[Path]) -> bool:
@@ -328,7 +348,7 @@ def is_sweep(path: Path, runs: list[Path]) -> bool:
 def find_sweeps(root: Path, runs: list[Path]) -> list[Path]:
     """Folders at or below `root` holding multirun.yaml; failing that, `root` itself if it holds several runs."""
     root = Path(root)
-    sweeps = sorted(p.parent for p in root.rglob(MULTIRUN_FILE) if ".hydra" not in p.parts)
+    sweeps = find_named(root, MULTIRUN_FILE)
     if sweeps:
         return sweeps
     return [root] if is_sweep(root, runs) else []

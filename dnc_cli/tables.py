@@ -152,3 +152,28 @@ def markdown_frame(table: pd.DataFrame, index_name: str) -> str:
     body = [[str(i)] + ["" if math.isnan(v) else f"{v:.4g}" for v in row]
             for i, row in zip(table.index, table.to_numpy())]
     return markdown_table([index_name, *map(str, table.columns)], body)
+
+
+# ---------------------------------------------------------------------------------------------------- undefined
+# why a metric is not a number: NC metrics are ratios of scatters, the NFA a correlation
+UNDEFINED_REASONS = {
+    "nan": "0/0: features that do not vary (constant or dead: a zeroed layer, dead ReLUs, a tiny initialisation, "
+           "all-zero embeddings), or a correlation with a constant matrix",
+    "inf": "x/0: class means that coincide (all of them, or two for cdnv) while the samples spread",
+}
+
+
+def undefined_values(df: pd.DataFrame) -> str | None:
+    """One line that says which metrics of a table are undefined (NaN, written as an empty cell, or ±inf), at which
+    splits and layers, and why; None when every value is a number. A NaN is never silent: the commands log this."""
+    values = pd.to_numeric(df["value"], errors="coerce").astype(float)
+    parts = []
+    for kind, mask in (("nan", values.isna()), ("inf", values.abs() == math.inf)):
+        bad = df[mask]
+        if bad.empty:
+            continue
+        layers = sorted({(int(layer), str(stage)) for layer, stage in zip(bad["layer"], bad["stage"])})
+        where = ", ".join(f"{layer}" + (f" ({stage})" if stage else "") for layer, stage in layers)
+        parts.append(f"{kind} in {', '.join(sorted(set(bad['metric'])))} of layer(s) {where}, split(s) "
+                     f"{', '.join(sorted(set(map(str, bad['split']))))} ({UNDEFINED_REASONS[kind]})")
+    return "; ".join(parts) or None

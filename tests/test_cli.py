@@ -63,13 +63,14 @@ def test_sweep_overrides_pass_the_dispatcher(tmp_path, monkeypatch):
     from dnc_cli.train import command as train
 
     monkeypatch.chdir(tmp_path)
-    # a job's number resolves in the check; comma sweeps and +sweep presets say multirun
-    assert cli._check_config("train", train, ["seed=0,1", "device=${dnc_job_gpu:}"]) is False
+    # a job's number resolves in the check; -m and the +sweep presets say multirun
+    assert cli._check_config("train", train, ["seed=0,1", "device=${dnc_job_gpu:}"], multirun=True) is True
     assert cli._check_config("train", train, ["+sweep=seeds"]) is True
     assert cli._check_config("train", train, ["+sweep=[seeds,label_noise]", "hydra/launcher=basic"]) is True
-    with pytest.raises(SystemExit) as exit_:
-        cli._check_config("train", train, ["seed=0,1", "model.width=0,8"])
-    assert exit_.value.code == 2
+    for multirun in (True, False):  # a bad sweep value; a comma list without -m (tests/test_files_hostile.py)
+        with pytest.raises(SystemExit) as exit_:
+            cli._check_config("train", train, ["seed=0,1", "model.width=0,8"], multirun=multirun)
+        assert exit_.value.code == 2
 
 
 def test_job_gpu_and_resume_resolvers(tmp_path, monkeypatch):

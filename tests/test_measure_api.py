@@ -120,7 +120,7 @@ def test_measure_equals_analyze_on_a_dnc_train_run(tiny_run):
 def test_linear_agop_inside_a_resnet_head_matches_per_sample_jacobians():
     net = _resnet_with_head()
     torch.manual_seed(1)
-    x, y = torch.randn(5, 3, 16, 16, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 0])
+    x, y = torch.randn(8, 3, 16, 16, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])  # 2 per class
     measured = run_measure(net, (x, y), 4, layers=["fc.0", "fc.2"], batch_size=3, progress=False)
     with torch.no_grad():
         trunk = nn.Sequential(*list(net.children())[:-1])  # conv1 ... avgpool
@@ -146,7 +146,7 @@ def test_linear_agop_inside_a_resnet_head_matches_per_sample_jacobians():
 def test_conv_patch_agop_matches_per_sample_jacobians():
     net = _resnet_with_head()
     torch.manual_seed(2)
-    x, y = torch.randn(4, 3, 16, 16, dtype=torch.float64), torch.tensor([0, 1, 2, 3])
+    x, y = torch.randn(8, 3, 16, 16, dtype=torch.float64), torch.tensor([0, 1, 2, 3] * 2)
     measured = run_measure(net, (x, y), 4, layers=["conv1", "layer2.0.conv1"], families=["nfa"], batch_size=3,
                            progress=False)
     for name in ("conv1", "layer2.0.conv1"):  # 7x7 stride 2 on the image; 3x3 stride 2 inside a residual block
@@ -174,7 +174,7 @@ def test_conv_with_bias_and_dilation_and_a_linear_on_tokens():
             return self.head(torch.relu(self.mix(tokens)).mean(1))
 
     net = Net().double()
-    x, y = torch.randn(4, 2, 5, 5, dtype=torch.float64), torch.tensor([0, 1, 2, 0])
+    x, y = torch.randn(6, 2, 5, 5, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2])
     measured = run_measure(net, (x, y), 3, layers=["conv", "mix"], progress=False)
     torch.testing.assert_close(measured.agops["conv"], _patch_agop(net, net.conv, x), rtol=1e-9, atol=1e-16)
     with torch.no_grad():

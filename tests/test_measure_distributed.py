@@ -90,12 +90,13 @@ def test_torchrun_measure_of_a_model_equals_one_process(tmp_path):
 @needs_gloo
 def test_torchrun_measure_of_embeddings_equals_one_process(tmp_path):
     rng = np.random.default_rng(1)
-    labels = np.concatenate([np.repeat(np.arange(4), 30), [4]])  # 121 (odd); class 4 has one sample: one shard lacks it
-    features = rng.normal(size=(121, 9)) + 3.0 * np.eye(5, 9)[labels]
-    split = np.where(np.arange(121) % 4 == 0, "test", "train")
-    split[-1] = "train"
+    # 123 (odd); class 4 has the 2 samples it needs, both in the train split, and one shard lacks it
+    labels = np.concatenate([np.repeat(np.arange(4), 30), [0, 4, 4]])
+    features = rng.normal(size=(123, 9)) + 3.0 * np.eye(5, 9)[labels]
+    split = np.where(np.arange(123) % 4 == 0, "test", "train")
+    split[-3:] = "train"
     np.savez(tmp_path / "emb.npz", features=features, labels=labels, split=split,
-             predictions=(labels + (np.arange(121) % 7 == 0)) % 5, classifier=rng.normal(size=(5, 9)))
+             predictions=(labels + (np.arange(123) % 7 == 0)) % 5, classifier=rng.normal(size=(5, 9)))
     train = np.flatnonzero(split == "train")
     assert any(4 not in labels[train][index.numpy()] for index in
                (distributed.shard_indices(len(train), r, 2) for r in range(2)))
@@ -163,8 +164,8 @@ def test_api_over_two_gloo_ranks_equals_one_process(tmp_path):
     model = namespace["tiny"]().double()
     data = load_dataset(DatasetConfig(name=DatasetName.digits, n_train=201, n_test=21), seed=0)
     rng = np.random.default_rng(1)
-    labels = torch.tensor(np.concatenate([np.repeat(np.arange(4), 30), [4]]))
-    embeddings = Embeddings(torch.tensor(rng.normal(size=(121, 9))) + 3.0 * torch.eye(5, 9)[labels], labels,
+    labels = torch.tensor(np.concatenate([np.repeat(np.arange(4), 30), [0, 4, 4]]))  # 2 of class 4 (measure's least)
+    embeddings = Embeddings(torch.tensor(rng.normal(size=(123, 9))) + 3.0 * torch.eye(5, 9)[labels], labels,
                             predictions=(labels + 1) % 5, classifier=torch.tensor(rng.normal(size=(5, 9))))
     expected = _measure_api(model, data, embeddings)
     torch.multiprocessing.spawn(_api_rank, nprocs=2, args=(str(tmp_path / "store"), model, data, embeddings,

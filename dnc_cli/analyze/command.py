@@ -29,7 +29,16 @@ from dnc_cli.config import AnalyzeConfig, to_object, to_plain, validate_analyze
 from dnc_cli.devices import resolve_device, worker_device
 from dnc_cli.distributed import GroupBroken, is_writer, launched_as_ranks, process_group, require_agreement
 from dnc_cli.errors import UsageError, fail
-from dnc_cli.runs import DEEP_RFM, NETWORK, find_runs_and_sweeps, kind_of_model, read_run_config, require_run_dir
+from dnc_cli.guards import require_no_link_out
+from dnc_cli.runs import (
+    ANALYSIS_DIR,
+    DEEP_RFM,
+    NETWORK,
+    find_runs_and_sweeps,
+    kind_of_model,
+    read_run_config,
+    require_run_dir,
+)
 
 log = logging.getLogger("dnc.analyze")
 ANALYSERS = {NETWORK: network, DEEP_RFM: deep_rfm}
@@ -44,6 +53,7 @@ def check(cfg: DictConfig) -> AnalyzeConfig:
 def analyze_run(run_dir: Path, acfg: AnalyzeConfig, device: torch.device) -> list[str]:
     """Analyse one run with its kind's analyser; returns the problems met (bad checkpoints)."""
     cfg = read_run_config(run_dir)
+    require_no_link_out(run_dir, [ANALYSIS_DIR])
     return ANALYSERS[kind_of_model(cfg.model.name.value)].analyze_run(run_dir, cfg, acfg, device)
 
 

@@ -23,8 +23,9 @@ from dnc_cli.config import AnalyzeConfig, TrainConfig
 from dnc_cli.data import load_dataset
 from dnc_cli.distributed import is_writer, require_agreement, shard, sync_all
 from dnc_cli.errors import UsageError
+from dnc_cli.guards import require_finite
 from dnc_cli.metrics.agop import LayerAGOPs, nfa_correlation, psd_eigh, psd_power, sandwich
-from dnc_cli.metrics.collapse import ClassMeans, NeuralCollapse, nc3
+from dnc_cli.metrics.collapse import ClassMeans, NeuralCollapse, NonFiniteFeatures, nc3
 from dnc_cli.models.networks import build_model
 from dnc_cli.runs import (
     ANALYSIS_DIR,
@@ -49,6 +50,7 @@ from dnc_cli.tables import (
     nfa_metric,
     read_metrics,
     save_table,
+    undefined_values,
 )
 
 log = logging.getLogger("dnc.analyze")
@@ -249,6 +251,8 @@ def write_nc_table(path: Path, df, status: str) -> None:
 def load_weights(model, path: Path, device) -> None:
     """A checkpoint's weights into `model`; UsageError naming the file when it cannot be read or does not fit."""
     state = load_tensors(path, device, ("model",))["model"]
+    if isinstance(state, dict):
+        require_finite(state, path)  # a diverged training's checkpoint: skipped and named, as a damaged one
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as exc:
@@ -298,8 +302,13 @@ def analyze_run(run_dir: Path, cfg: TrainConfig, acfg: AnalyzeConfig, device: to
             log.error(problems[-1])
             continue
         require_agreement("the checkpoint to analyse", str(path))  # a rank that skipped one stops every rank
-        rows += [dict(zip(COLUMNS, (epoch, *row))) for row in analyze_checkpoint(model, data, acfg, device,
-                                                                               initial_weights)]
+        try:
+            checkpoint_rows = analyze_checkpoint(model, data, acfg, device, initial_weights)
+        except NonFiniteFeatures as exc:  # finite weights that overflow: named and skipped as a damaged checkpoint
+            problems.append(f"{path}: {exc}; skipped")
+            log.error(problems[-1])
+            continue
+        rows += [dict(zip(COLUMNS, (epoch, *row))) for row in checkpoint_rows]
         if is_writer():  # after every checkpoint: an interrupted analysis resumes from here
             save_table(table, rows)
             write_json(out_dir / SETTINGS_FILE, settings)
@@ -309,6 +318,9 @@ def analyze_run(run_dir: Path, cfg: TrainConfig, acfg: AnalyzeConfig, device: to
         return problems
     # every file again, written only where it changed: a rerun after an interruption completes what it left behind
     df = save_table(table, rows)
+    undefined = undefined_values(df)
+    if undefined:
+        log.warning("%s: undefined values: %s", table, undefined)
     write_json(out_dir / SETTINGS_FILE, settings)
     write_nc_table(out_dir / NC_TABLE_FILE, df, status)
     final = int(df.epoch.max())

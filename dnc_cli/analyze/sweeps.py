@@ -33,6 +33,7 @@ import pandas as pd
 
 from dnc_cli.config import RUN_ONLY_KEYS, SEED_KEY
 from dnc_cli.errors import UsageError, need, reading
+from dnc_cli.guards import find_named, load_omegaconf, load_yaml, require_no_link_out
 from dnc_cli.runs import ANALYSIS_DIR, CONFIG_FILE, MULTIRUN_FILE, OVERRIDES_FILE, read_summary, staged_files
 from dnc_cli.tables import (
     AGGREGATED_METRICS_TABLE,
@@ -66,13 +67,11 @@ def parse_override(line: str) -> tuple[str, str] | None:
 
 
 def read_overrides(run_dir: Path) -> dict[str, str]:
-    import yaml
-
     path = Path(run_dir) / OVERRIDES_FILE
     if not path.is_file():
         return {}
     with reading(path):
-        items = yaml.safe_load(path.read_text()) or []
+        items = load_yaml(path) or []
         need(isinstance(items, list) and all(isinstance(line, str) for line in items), path,
              "a YAML list of overrides expected")
     return dict(kv for kv in (parse_override(line) for line in items) if kv is not None)
@@ -80,13 +79,11 @@ def read_overrides(run_dir: Path) -> dict[str, str]:
 
 def _multirun_overrides(sweep_dir: Path) -> list[str] | None:
     """The sweep's overrides as the basic sweeper expands them: hydra.sweeper.params first, then the command line."""
-    import yaml
-
     path = Path(sweep_dir) / MULTIRUN_FILE
     if not path.is_file():
         return None
     with reading(path):
-        hydra = (yaml.safe_load(path.read_text()) or {}).get("hydra", {})
+        hydra = (load_yaml(path) or {}).get("hydra", {})
         params = (hydra.get("sweeper") or {}).get("params") or {}
         return [f"{k}={v}" for k, v in params.items()] + list((hydra.get("overrides") or {}).get("task") or [])
 
@@ -144,7 +141,7 @@ def _value_from_config(run_dir: Path, key: str):
     from omegaconf import DictConfig, OmegaConf
 
     with reading(path):
-        value = OmegaConf.select(OmegaConf.load(path), key, default=None)
+        value = OmegaConf.select(load_omegaconf(path), key, default=None)
     if isinstance(value, DictConfig):
         value = value.get("name")
     return value
@@ -195,8 +192,8 @@ def collect(sweep_dir: Path, runs: list[Path], errors: dict[Path, str] | None = 
     errors = errors or {}
     runs = [r for r in runs if Path(r).is_relative_to(sweep_dir)]
     # job folders of the sweep that never wrote a config (failed while starting, or starting now)
-    stubs = sorted(p.parent.parent for p in sweep_dir.rglob(str(OVERRIDES_FILE))
-                   if not (p.parent.parent / CONFIG_FILE).is_file() and p.parent.parent != sweep_dir)
+    stubs = [job for job in find_named(sweep_dir, str(OVERRIDES_FILE))
+             if not (job / CONFIG_FILE).is_file() and job != sweep_dir]
     folders = sorted(set(runs) | set(stubs))
     overrides = [read_overrides(r) for r in folders]
     keys = swept_keys(sweep_dir, overrides)
@@ -328,6 +325,7 @@ def write_sweep_tables(sweep_dir: Path, runs: list[Path], errors: dict[Path, str
     sweep_dir = Path(sweep_dir)
     runs_df, metrics, keys = collect(sweep_dir, runs, errors)
     out = sweep_dir / ANALYSIS_DIR
+    require_no_link_out(sweep_dir, [ANALYSIS_DIR])
     aggregated = aggregate_runs(runs_df, keys)
     tables = {RUNS_TABLE: runs_df, SWEEP_METRICS_TABLE: metrics, AGGREGATED_TABLE: aggregated,
               AGGREGATED_METRICS_TABLE: aggregate_metrics(metrics, keys)}

@@ -14,7 +14,7 @@ from dnc_cli.config import FAMILIES
 from dnc_cli.distributed import require_agreement, world_size
 from dnc_cli.errors import UsageError
 from dnc_cli.measure.hooks import POOLS, select_layers
-from dnc_cli.measure.inputs import PreparedModel, device_and_dtype, named_splits
+from dnc_cli.measure.inputs import PreparedModel, device_and_dtype, named_splits, require_classes_fit
 from dnc_cli.measure.layers import LayerInfo
 from dnc_cli.measure.session import Session
 from dnc_cli.metrics.collapse import GLOBAL_MEANS
@@ -109,6 +109,7 @@ def run_measure(model, data=None, num_classes=None, *, layers=None, families=FAM
     options = Options.checked(num_classes, families, pool, nfa_powers, global_mean, official_scaling, batch_size,
                               output, progress, agop_probes, agop_seed)
     sources = named_splits(data, splits, batch_size, sharded)
+    require_classes_fit(options.num_classes, sources)
     selected = select_layers(model, layers)
     if world_size() > 1:  # under torchrun: ranks that built the model from unseeded randomness measure other models
         require_agreement("the model's weights", [float(t.double().sum()) for t in model.state_dict().values()])

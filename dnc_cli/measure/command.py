@@ -30,13 +30,16 @@ from dnc_cli.distributed import GroupBroken, is_writer, launched_as_ranks, proce
 from dnc_cli.errors import UsageError, fail
 from dnc_cli.measure.api import agop_probes_option, run_measure
 from dnc_cli.measure.features import default_num_classes, load_embeddings, measure_embeddings
+from dnc_cli.measure.inputs import ForwardFailed
 from dnc_cli.measure.loading import ImageBatches, build_model, load_weights
 from dnc_cli.measure.outputs import write_outputs
 from dnc_cli.runs import CONFIG_FILE, MEASURE_COMMAND, ensure_writable_dir, is_measure_run
+from dnc_cli.tables import undefined_values
 
 # `model=X` means model.name=X: conf/model is dnc train's config group, so Hydra would take X for one of its files
 SHORTHANDS = {"model": "model.name"}
 POOLS = {"none": None, "avg": "avg"}  # pool= -> measure(pool=...)
+log = logging.getLogger("dnc.measure")
 
 
 def check(cfg: DictConfig) -> MeasureConfig:
@@ -170,8 +173,13 @@ def main(cfg: DictConfig) -> None:
         with process_group(mcfg.distributed.timeout_s, resolve_device(mcfg.device)) as device:
             mcfg = check_ranks(mcfg)
             measured, facts = (measure_model if mcfg.model.name is not None else measure_features)(mcfg, device)
+            undefined = undefined_values(measured.table)
+            if undefined and is_writer():
+                log.warning("undefined values: %s", undefined)
             out_dir = Path(mcfg.out_dir)
             summary = write_outputs(out_dir, mcfg, measured, facts) if is_writer() else None  # rank 0 writes
+    except ForwardFailed as exc:  # the model given does not read the dataset given
+        fail(MEASURE_COMMAND, f"model={mcfg.model.name}: {exc}")
     except (UsageError, GroupBroken) as exc:
         fail(MEASURE_COMMAND, str(exc))
     except KeyboardInterrupt:

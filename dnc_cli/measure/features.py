@@ -18,6 +18,7 @@ Gram figure's sample is then from this rank's shard.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import torch
 
 from dnc_cli.distributed import shard
 from dnc_cli.errors import UsageError, need, reading
+from dnc_cli.guards import load_safely
 from dnc_cli.measure.api import Measured, as_table
 from dnc_cli.measure.inputs import TRAIN_SPLIT, check_labels
 from dnc_cli.measure.layers import LayerInfo
@@ -72,6 +74,7 @@ def load_embeddings(path) -> Embeddings:
     features = features.reshape(len(features), -1)
     if not features.is_floating_point():
         features = features.to(torch.float32)
+    require_finite_features(features, where)
     num_samples = len(features)
     labels = _integers(_tensor(labels, where, "labels"), where, "labels")
     _same_length(where, num_samples, "labels", labels)
@@ -95,13 +98,28 @@ def load_embeddings(path) -> Embeddings:
     return Embeddings(features, labels, split, predictions, classifier)
 
 
+def require_finite_features(features: torch.Tensor, where: str) -> None:
+    """Refuse features with NaN or Inf, and features so large that the sums of their squares (the scatter, in
+    float64) overflow: no metric of them would be a number."""
+    finite = torch.isfinite(features)
+    if not bool(finite.all()):
+        rows = (~finite).any(1).nonzero().flatten()
+        raise UsageError(f"{where}: features hold NaN or Inf in {len(rows)} row(s), the first row {int(rows[0])}; "
+                         "no metric of them is a number")
+    largest = float(features.abs().max()) if features.numel() else 0.0
+    limit = math.sqrt(torch.finfo(torch.float64).max / (4 * max(features.numel(), 1)))
+    if largest > limit:
+        raise UsageError(f"{where}: features reach {largest:.3g}; the sums of their squares would overflow float64 "
+                         f"(above {limit:.3g} is refused): rescale them")
+
+
 def _read(path: Path, where: str) -> dict:
-    with reading(path):  # missing, truncated, corrupt or hostile: one line naming the file (dnc_cli/errors.py)
+    with reading(path, library=True):  # missing, truncated, corrupt or hostile: one line naming the file
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as npz:
                 return {key: npz[key] for key in npz.files}
         if path.suffix == ".pt":
-            data = torch.load(path, map_location="cpu", weights_only=True)
+            data = load_safely(path)
             need(isinstance(data, dict), path, f"a dict of arrays expected, found {type(data).__name__}")
             return dict(data)
         return _read_parquet(path, where)
@@ -165,7 +183,11 @@ def measure_embeddings(embeddings: Embeddings, num_classes: int | None = None, *
     `splits`: which of the file's splits (default all; a file without a split column is all "train").
     num_classes: default max(label) + 1."""
     labels = embeddings.labels
+    given = num_classes is not None
     num_classes = num_classes or default_num_classes(labels)
+    if num_classes > len(labels):  # before the num_classes x m sums are allocated (a label of 10^12: 64 TB)
+        raise UsageError(f"num_classes={num_classes}{'' if given else ' (the largest label + 1)'} but the embeddings "
+                         f"have {len(labels)} samples: labels must be class indices 0..K-1")
     device = torch.device(device or "cpu")
     names = embeddings.split or [TRAIN_SPLIT] * len(labels)
     present = list(dict.fromkeys(sorted(set(names), key=lambda s: (s != TRAIN_SPLIT, s))))

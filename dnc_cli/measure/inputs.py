@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from dnc_cli.config import SPLITS, Precision
+from dnc_cli.data import MIN_PER_CLASS
 from dnc_cli.distributed import rank, shard, world_size
-from dnc_cli.errors import UsageError
+from dnc_cli.errors import UsageError, short
 
 PRECISIONS = tuple(precision.value for precision in Precision)  # the dtypes a measurement runs in, by name
 # the split whose AGOPs `measure` computes (else the first split) and whose samples the Gram figure shows
@@ -36,6 +37,7 @@ class Source:
             x, y = (v if isinstance(v, torch.Tensor) else torch.as_tensor(v) for v in data)
             if len(x) != len(y):
                 raise UsageError(f"split '{name}': x has {len(x)} samples but y has {len(y)}")
+            self.num_samples = None if sharded else len(y)  # every rank's samples (a rank's own part: not known)
             if not sharded:
                 index = shard(len(y))  # this rank's samples (every sample in one process)
                 x, y = x[index], y[index]
@@ -47,6 +49,8 @@ class Source:
                              "(x, y) pair")
         elif isinstance(data, collections.abc.Iterable):
             self.tensors, self.loader = None, data
+            dataset = getattr(data, "dataset", None)  # a DataLoader's (at most that many samples); else not known
+            self.num_samples = len(dataset) if isinstance(dataset, collections.abc.Sized) else None
             self.num_batches = len(data) if hasattr(data, "__len__") else None
             if self.every > 1:
                 if self.num_batches is None or self.num_batches < self.every:
@@ -89,6 +93,15 @@ def named_splits(data, splits, batch_size: int, sharded: bool = False) -> dict[s
     return {str(name): Source(str(name), named[name], batch_size, sharded) for name in order}
 
 
+def require_classes_fit(num_classes: int, sources: dict[str, Source]) -> None:
+    """Refuse more classes than the largest split has samples, before anything is allocated (the class sums are
+    num_classes x m): a label of 10^12 would make the sums 64 TB. Skipped when a split's size is not known."""
+    sizes = [source.num_samples for source in sources.values()]
+    if None not in sizes and sizes and num_classes > max(sizes):
+        raise UsageError(f"num_classes={num_classes} but the largest split has {max(sizes)} samples: labels must be "
+                         f"class indices 0..K-1 with at least {MIN_PER_CLASS} samples of each class present")
+
+
 def check_labels(labels, split: str, batch_size: int, num_classes: int, device) -> torch.Tensor:
     """A batch's labels as int64 class indices on `device`; UsageError for one-hot or float labels, a count that is
     not the batch's, or a label outside [0, num_classes)."""
@@ -129,13 +142,24 @@ def batch_size_of(x) -> int:
     raise UsageError(f"inputs of type {type(x).__name__} are not a tensor, a tuple or a dict of tensors")
 
 
+class ForwardFailed(UsageError):
+    """The model's forward pass raised on the data's inputs (a model that does not read this dataset)."""
+
+
 def call_model(model: nn.Module, x):
-    """model(x), model(*x) for a tuple of inputs, model(**x) for a dict."""
-    if isinstance(x, dict):
-        return model(**x)
-    if isinstance(x, (tuple, list)):
-        return model(*x)
-    return model(x)
+    """model(x), model(*x) for a tuple of inputs, model(**x) for a dict. What the model's own code raises on the
+    inputs is ForwardFailed, one line with the cause (kept as __cause__); our hooks' UsageErrors pass through."""
+    try:
+        if isinstance(x, dict):
+            return model(**x)
+        if isinstance(x, (tuple, list)):
+            return model(*x)
+        return model(x)
+    except UsageError:
+        raise
+    except Exception as exc:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ForwardFailed(f"the model's forward pass failed on inputs of shape {shape} ({short(exc)})") from exc
 
 
 def device_and_dtype(model: nn.Module, device, dtype) -> tuple[torch.device, torch.dtype]:

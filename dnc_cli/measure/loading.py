@@ -15,7 +15,8 @@ import logging
 import torch
 from torch import nn
 
-from dnc_cli.errors import UsageError, reading
+from dnc_cli.errors import UsageError, short
+from dnc_cli.guards import load_safely, require_finite
 
 log = logging.getLogger("dnc.measure")
 STATE_KEYS = ("model", "state_dict")  # where a checkpoint file keeps its state_dict (a dnc checkpoint: "model")
@@ -27,17 +28,7 @@ def build_model(spec, num_classes: int, in_channels: int | None) -> nn.Module:
     `in_channels`."""
     name, kwargs = spec.name, dict(spec.kwargs)
     if ":" in name:
-        module_path, _, attribute = name.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module_path), attribute)
-        except ImportError as exc:
-            raise UsageError(f"model={name}: cannot import {module_path} ({exc})") from None
-        except AttributeError:
-            raise UsageError(f"model={name}: {module_path} has no {attribute}") from None
-        try:
-            model = factory(**kwargs)
-        except TypeError as exc:
-            raise UsageError(f"model={name}: calling it with {kwargs} failed ({exc})") from None
+        model = call_factory(name, kwargs)
     else:
         import torchvision
 
@@ -47,15 +38,36 @@ def build_model(spec, num_classes: int, in_channels: int | None) -> nn.Module:
             raise UsageError(f"model={name} is neither python.path:factory nor a torchvision model"
                              + (f"; close matches: {', '.join(close)}" if close else ""))
         kwargs.setdefault("num_classes", num_classes)
-        try:
+        try:  # the builder checks its kwargs as it goes: any error is theirs
             model = torchvision.models.get_model(name, weights=None, **kwargs)
-        except (TypeError, ValueError) as exc:
-            raise UsageError(f"model={name} with {kwargs}: {exc}") from None
+        except Exception as exc:
+            raise UsageError(f"model={name} with {kwargs}: {short(exc)}") from exc
     if not isinstance(model, nn.Module):
         raise UsageError(f"model={name} returned a {type(model).__name__}, not a torch.nn.Module")
     if spec.adapt_input and in_channels is not None:
         adapt_first_conv(model, in_channels)
     return model
+
+
+def call_factory(name: str, kwargs: dict):
+    """`python.path:factory` imported and called with `kwargs`. This runs the user's code, by design (README, "Measure
+    your own model"): whatever the import or the call raises, a SystemExit included (model=sys:exit), is a
+    one-line UsageError that names model= and the cause; the cause keeps its traceback for HYDRA_FULL_ERROR=1."""
+    module_path, _, attribute = name.partition(":")
+    if not module_path or module_path.startswith(".") or not attribute:
+        raise UsageError(f"model={name}: give an absolute module path and a callable, python.path:factory "
+                         "(e.g. torchvision.models:resnet18)")
+    try:
+        module = importlib.import_module(module_path)
+    except (Exception, SystemExit) as exc:  # not found, a syntax error, or the module failing as it runs
+        raise UsageError(f"model={name}: cannot import {module_path} ({short(exc)})") from exc
+    factory = getattr(module, attribute, None)
+    if not callable(factory):
+        raise UsageError(f"model={name}: {module_path} has no callable {attribute}")
+    try:
+        return factory(**kwargs)
+    except (Exception, SystemExit) as exc:
+        raise UsageError(f"model={name}: calling it with {kwargs} failed ({short(exc)})") from exc
 
 
 def adapt_first_conv(model: nn.Module, in_channels: int) -> None:
@@ -77,8 +89,7 @@ def adapt_first_conv(model: nn.Module, in_channels: int) -> None:
 def load_weights(model: nn.Module, path: str, name: str) -> None:
     """A state_dict (or a dnc checkpoint's "model", or {"state_dict": ...}) loaded with weights_only=True (no pickled
     code runs), strictly: every key and shape must fit the model."""
-    with reading(path):  # not a torch file, pickled code (refused by weights_only), truncated, ...
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_safely(path)  # not a torch file, pickled code (refused by weights_only), truncated, ...
     if isinstance(state, dict):
         for key in STATE_KEYS:
             if isinstance(state.get(key), dict):
@@ -86,6 +97,7 @@ def load_weights(model: nn.Module, path: str, name: str) -> None:
                 break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UsageError(f"weights={path} is not a state_dict (a dict of tensors)")
+    require_finite(state, path)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

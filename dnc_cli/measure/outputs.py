@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 
 from dnc_cli.config import to_plain
 from dnc_cli.errors import need, reading
+from dnc_cli.guards import load_omegaconf, require_no_link_out
 from dnc_cli.measure.inputs import TRAIN_SPLIT
 from dnc_cli.measure.layers import LINEAR_STAGES
 from dnc_cli.runs import (
@@ -47,6 +48,7 @@ NC_COLUMNS = ("nc1", "nc1_trace", "nc2", "nc3", "nc4", "ncc_acc")  # nc_table.md
 def write_outputs(out_dir: Path, mcfg, measured, facts: dict) -> dict:
     """Everything above into out_dir; returns the summary."""
     analysis = out_dir / ANALYSIS_DIR
+    require_no_link_out(out_dir, [ANALYSIS_DIR, CONFIG_FILE, SUMMARY_FILE])
     layers = pd.DataFrame([{"layer": i.layer, "module": i.module, "type": i.type,
                             "shape": "x".join(map(str, i.shape)), "features": i.features,
                             "activation": i.activation, "agop": i.agop, "agop_method": i.agop_method,
@@ -78,7 +80,7 @@ def other_epochs(out_dir: Path, mcfg) -> list[dict]:
     if not (path.is_file() and is_measure_run(out_dir) and (out_dir / CONFIG_FILE).is_file()):
         return []
     with reading(out_dir / CONFIG_FILE):
-        before = OmegaConf.to_container(OmegaConf.load(out_dir / CONFIG_FILE), resolve=False) or {}
+        before = OmegaConf.to_container(load_omegaconf(out_dir / CONFIG_FILE), resolve=False) or {}
         need(isinstance(before, dict), out_dir / CONFIG_FILE, "a YAML mapping expected")
     differing = sorted(key for key, value in to_plain(mcfg).items()
                        if key not in NOT_COMPARED and before.get(key) != value)

@@ -12,6 +12,7 @@ import dataclasses
 
 import torch
 
+from dnc_cli.data import MIN_PER_CLASS
 from dnc_cli.distributed import require_agreement, sync_all
 from dnc_cli.errors import UsageError
 from dnc_cli.metrics.collapse import ClassMeans, ClassMeansResult, NeuralCollapse
@@ -43,6 +44,13 @@ class SplitStats:
                           self.split, [[*key, list(acc.sums.shape)] for key, acc in self.mean_sums.items()])
         sync_all(self.mean_sums.values())
         self.means = {key: acc.compute() for key, acc in self.mean_sums.items()}
+        for (layer, stage), result in self.means.items():  # checked before anything is computed from them
+            if not bool(torch.isfinite(result.means[result.present]).all()):
+                where = f"layer {layer}" + (f" ({stage})" if stage else "")
+                raise UsageError(f"split '{self.split}': the features of {where} are not finite (NaN or Inf, or so "
+                                 "large that their sums overflow float64)")
+        if self.means:
+            require_per_class(next(iter(self.means.values())).counts, self.split)
 
     def start_collapse(self) -> None:
         try:
@@ -79,6 +87,17 @@ class SplitStats:
             return {key: acc.compute() for key, acc in self.collapse.items()}
         except ValueError as exc:  # the sweeps saw different data
             raise UsageError(f"split '{self.split}': {exc}") from None
+
+
+def require_per_class(counts: torch.Tensor, split: str) -> None:
+    """A class present with a single sample is an error, not a number: its within-class scatter is 0, so NC1 would
+    report collapse (data.require_classes, for a whole dataset). Absent classes are allowed: measure() counts only
+    the classes present."""
+    thin = [k for k, count in enumerate(counts.tolist()) if 0 < count < MIN_PER_CLASS]
+    if thin:
+        raise UsageError(f"split '{split}' has fewer than {MIN_PER_CLASS} samples of class(es) "
+                         f"{', '.join(map(str, thin[:10]))}{' ...' if len(thin) > 10 else ''}; neural-collapse "
+                         f"metrics need {MIN_PER_CLASS} per class")
 
 
 def transformed_means(result: ClassMeansResult, matrix: torch.Tensor) -> ClassMeansResult:

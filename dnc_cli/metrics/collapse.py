@@ -131,6 +131,11 @@ class ClassMeans:
 # pass 2: NC1, CDNV, NCC accuracy, NC4 (and NC2, which needs only the means)
 
 
+class NonFiniteFeatures(ValueError):
+    """Class means with NaN or Inf: features that are not finite (or overflow float64 when summed). No metric of them
+    is a number, and the SVD of the class means fails."""
+
+
 class NeuralCollapse:
     """Pass 2: given the class means, accumulate what NC1, CDNV, NC4 and NCC accuracy need.
 
@@ -160,6 +165,9 @@ class NeuralCollapse:
         num_present = int(present.sum())
         if num_present < 2:
             raise ValueError(f"neural-collapse metrics need at least 2 non-empty classes, got {num_present}")
+        if not bool(torch.isfinite(class_means.means[present]).all()):
+            raise NonFiniteFeatures("the features are not finite (NaN or Inf, or so large that their sums overflow "
+                                    "float64), so no metric of them is a number")
         self.official_scaling = official_scaling
         self.expected_counts = class_means.counts.clone()
         self.device = class_means.means.device

@@ -8,6 +8,7 @@ picks its figures from the registry (dnc_cli/plot/figures.py).
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -15,6 +16,7 @@ from omegaconf import DictConfig
 
 from dnc_cli.config import PlotConfig, to_object
 from dnc_cli.errors import UsageError, fail
+from dnc_cli.guards import require_no_link_out
 from dnc_cli.plot.figures import FIGURES, RUN_FIGURES, FigureInputs, check_options
 from dnc_cli.plot.style import NotDrawable, as_tpt, save
 from dnc_cli.plot.sweep import plot_sweep
@@ -55,6 +57,7 @@ def plot_run(run_dir: Path, figures: list[str] | None = None, nc1_form: str = "n
                           train_log=read_train_log(run_dir), run_dir=run_dir)
     applicable = RUN_FIGURES[kind]
     written: list[Path] = []
+    require_no_link_out(run_dir, [FIGURES_DIR])
     with staged_files() as stage:  # the run's figure set is replaced whole, or not at all
         for name in figures if figures is not None else applicable:
             if name not in applicable:
@@ -72,6 +75,7 @@ def plot_run(run_dir: Path, figures: list[str] | None = None, nc1_form: str = "n
 
 def check(cfg: DictConfig) -> PlotConfig:
     pcfg = to_object(cfg, PlotConfig)
+    check_options(pcfg.figures, pcfg.nc1_form, tuple(pcfg.formats), pcfg.dpi)  # before any run is read
     require_run_dir(pcfg.run_dir)
     return pcfg
 
@@ -105,3 +109,6 @@ def main(cfg: DictConfig) -> None:
             print(f"not plotted ({len(skipped)} run(s) without analysis): {', '.join(map(str, skipped))}")
     except UsageError as exc:
         fail("plot", str(exc))
+    except KeyboardInterrupt:  # staged files are discarded: every file as it was
+        print("dnc plot: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None

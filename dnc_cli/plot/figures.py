@@ -95,14 +95,17 @@ SWEEP_FIGURES = {NETWORK: ("nc_metrics", "svd_nc1", "nfa", "layers", "training")
                  DEEP_RFM: ("rfm_layers", "rfm_curves")}
 
 
+DPI_RANGE = (10, 1200)  # thumbnails to print; 100,000 dpi would draw gigapixel figures that exhaust the memory
+
+
 def check_options(figures: list[str] | None, nc1_form: str, formats: tuple[str, ...], dpi: int) -> None:
     if nc1_form not in NC1_FORMS:
         raise UsageError(f"nc1_form={nc1_form} is not one of {', '.join(NC1_FORMS)}")
     for fmt in formats:
         if fmt not in FIGURE_FORMATS:
             raise UsageError(f"format {fmt!r} is not one of {', '.join(FIGURE_FORMATS)}")
-    if not isinstance(dpi, int) or dpi <= 0:
-        raise UsageError(f"dpi={dpi} must be a positive integer")
+    if not isinstance(dpi, int) or not DPI_RANGE[0] <= dpi <= DPI_RANGE[1]:
+        raise UsageError(f"dpi={dpi} must be an integer from {DPI_RANGE[0]} to {DPI_RANGE[1]}")
     valid = [*FIGURES, COMPARE]
     for name in figures or []:
         if name not in valid:

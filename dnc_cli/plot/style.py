@@ -6,6 +6,7 @@ backend, no global figure registry. Imports no torch.
 
 from __future__ import annotations
 
+import io
 import math
 import textwrap
 from pathlib import Path
@@ -207,6 +208,10 @@ def save(fig: Figure, path_stem: Path, formats: tuple[str, ...], dpi: int, stage
     for fmt in formats:
         path = path_stem.with_suffix(f".{fmt}")
         metadata = {"CreationDate": None, "ModDate": None} if fmt == "pdf" else {"Software": None}
-        fig.savefig(stage(path), format=fmt, dpi=dpi, metadata=metadata)
+        # drawn in memory, then written by us: matplotlib's PDF writer hides a full disk's OSError behind its own
+        # AttributeError, a plain write of the bytes reports it (staged_files: "cannot write <path> (...)")
+        drawn = io.BytesIO()
+        fig.savefig(drawn, format=fmt, dpi=dpi, metadata=metadata)
+        stage(path).write_bytes(drawn.getvalue())
         written.append(path)
     return written

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 from dnc_cli.config import SEED_KEY
 from dnc_cli.errors import UsageError, need, reading
+from dnc_cli.guards import require_no_link_out
 from dnc_cli.plot.figures import COMPARE, FIGURES, SWEEP_FIGURES, FigureInputs, check_options
 from dnc_cli.plot.style import (
     NC1_LABELS,
@@ -239,6 +240,7 @@ def plot_sweep(sweep_dir: Path, figures: list[str] | None = None, nc1_form: str 
                          f"(it has: {', '.join(splits)})")
     wanted = set(figures) if figures is not None else None
     written: list[Path] = []
+    require_no_link_out(sweep_dir, [FIGURES_DIR])
     with staged_files() as stage:  # the sweep's figure set is replaced whole, or not at all
         for combo, rows in _combos(aggregated, by):
             rows = common_epochs(rows)

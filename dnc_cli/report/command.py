@@ -7,6 +7,7 @@ Verdicts: `holds`, `does not hold`, `not applicable` (with the reason).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from omegaconf import DictConfig
 
 from dnc_cli.config import ReportConfig, to_object, validate_report
 from dnc_cli.errors import UsageError, fail
+from dnc_cli.guards import require_no_link_out
 from dnc_cli.report.claims import CLAIMS
 from dnc_cli.report.render import render_run, render_sweep
 from dnc_cli.report.run_data import load_run
@@ -45,6 +47,7 @@ def write_report(root: Path, cfg: ReportConfig) -> Report:
         run = load_run(paths[0], cfg.until_epoch)
         claims = evaluate_run(run, cfg)
         out = paths[0] / report_file(cfg)
+        require_no_link_out(out.parent, [out.name])
         write_text(out, render_run(run, claims, cfg))
         return Report(out, claims, 1)
     runs, skipped = [], []
@@ -59,6 +62,7 @@ def write_report(root: Path, cfg: ReportConfig) -> Report:
     per_run = [evaluate_run(run, cfg) for run in runs]
     claims = [aggregate(spec, [claims[i] for claims in per_run], cfg) for i, spec in enumerate(CLAIMS)]
     out = root / report_file(cfg)
+    require_no_link_out(out.parent, [out.name])
     write_text(out, render_sweep(root, runs, per_run, claims, skipped, cfg))
     return Report(out, claims, len(runs), skipped)
 
@@ -76,6 +80,9 @@ def main(cfg: DictConfig) -> None:
         report = write_report(Path(rcfg.run_dir), rcfg)
     except UsageError as exc:
         fail("report", str(exc))
+    except KeyboardInterrupt:  # staged files are discarded: every file as it was
+        print("dnc report: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     what = f"{report.runs} runs, mean over seeds" if report.runs > 1 else "1 run"
     print(f"{report.path} ({what})")
     for claim in report.claims:

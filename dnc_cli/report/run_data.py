@@ -11,6 +11,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from dnc_cli.errors import UsageError, need, reading
+from dnc_cli.guards import load_omegaconf
 from dnc_cli.runs import CONFIG_FILE, read_summary, run_kind
 from dnc_cli.tables import KEY_COLUMNS, read_run_metrics, read_train_log
 
@@ -84,7 +85,7 @@ def load_run(run_dir: Path, until_epoch: int | None = None) -> RunData:
     config = {}
     if (run_dir / CONFIG_FILE).is_file():
         with reading(run_dir / CONFIG_FILE):
-            config = OmegaConf.to_container(OmegaConf.load(run_dir / CONFIG_FILE), resolve=False) or {}
+            config = OmegaConf.to_container(load_omegaconf(run_dir / CONFIG_FILE), resolve=False) or {}
         need(isinstance(config, dict), run_dir / CONFIG_FILE, "a YAML mapping expected")
     if until_epoch is not None:
         metrics = metrics[metrics["epoch"] <= until_epoch]

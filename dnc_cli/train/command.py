@@ -12,10 +12,11 @@ import sys
 from pathlib import Path
 
 import hydra
+import hydra.core.utils
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from dnc_cli.config import TrainConfig, to_object, to_plain, validate_train
 from dnc_cli.errors import UsageError, fail
@@ -28,9 +29,10 @@ from dnc_cli.runs import (
     ensure_writable_dir,
     holds_run,
     kind_of_model,
+    write_text,
 )
 from dnc_cli.train import deep_rfm, network
-from dnc_cli.train.lifecycle import check_resume_config
+from dnc_cli.train.lifecycle import check_not_nested, check_resume_config
 
 TRAINERS = {NETWORK: network, DEEP_RFM: deep_rfm}
 
@@ -54,6 +56,10 @@ def check(cfg: DictConfig) -> TrainConfig:
         run_dir = Path(cfg.hydra.run.dir)
         if cfg.hydra.mode != RunMode.MULTIRUN and train_cfg.resume is None and holds_run(run_dir):
             raise UsageError(f"hydra.run.dir={run_dir} already holds a run; continue it with resume={run_dir}")
+        if cfg.hydra.mode == RunMode.MULTIRUN:
+            check_not_nested(Path(cfg.hydra.sweep.dir), "hydra.sweep.dir", new_run=False)
+        elif train_cfg.resume is None:
+            check_not_nested(run_dir, "hydra.run.dir", new_run=True)
     return train_cfg
 
 
@@ -71,6 +77,20 @@ def _discard_if_empty(run_dir: Path) -> None:
         if parent == Path.cwd() or any(parent.iterdir()):
             break
         parent.rmdir()
+
+
+def save_hydra_record(cfg, filename: str, output_dir: Path) -> None:
+    """Hydra's record of a new run (.hydra/config.yaml, hydra.yaml, overrides.yaml), written as Hydra writes it but
+    atomically. Hydra's own writer, on a full disk, left a 0-byte hydra.yaml and a traceback; this one leaves no file
+    and says in one line what could not be written (the run folder goes too when nothing of the run is in it)."""
+    try:
+        write_text(Path(output_dir) / filename, OmegaConf.to_yaml(cfg))
+    except UsageError as exc:
+        _discard_if_empty(Path(output_dir).parent)
+        fail("train", str(exc))  # SystemExit: Hydra reports only Exceptions, with their traceback
+
+
+hydra.core.utils._save_config = save_hydra_record  # noqa: SLF001 (Hydra's run_job calls it by this name)
 
 
 def share_cores(launcher) -> int | None:

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 import dnc_cli
 from dnc_cli.config import TrainConfig, to_object, to_plain, validate_train
 from dnc_cli.errors import UsageError, need, reading
+from dnc_cli.guards import find_named, load_omegaconf
 from dnc_cli.runs import CONFIG_FILE, LABELS_FILE, atomic_path, holds_run, save_atomic
 
 # config keys that may change when resuming a run (everything else must match the saved config)
@@ -36,7 +37,7 @@ def check_resume_config(run_dir: Path, plain: dict) -> None:
     by its meaning (standardize: true = pixel); keys that its file lacks (added to dnc since) are not compared."""
     path = run_dir / CONFIG_FILE
     with reading(path):
-        written = OmegaConf.load(path)
+        written = load_omegaconf(path)
         saved = to_plain(validate_train(to_object(written, TrainConfig)))
         written = OmegaConf.to_container(written)
         need(isinstance(written, dict), path, "a YAML mapping expected")
@@ -71,3 +72,18 @@ def start_run(cfg: TrainConfig, plain: dict, data, run_dir: Path) -> dict:
             "seed": cfg.seed, "tpt_epoch": None, "versions": versions(), "run_dir": str(run_dir),
             "num_classes": data.num_classes, "n_train": len(data.train.labels), "n_test": len(data.test.labels),
             "n_relabelled": int(data.relabelled.sum())}
+
+
+def check_not_nested(folder: Path, key: str, new_run: bool) -> None:
+    """Refuse a run (or a sweep, `new_run` False) placed inside another run, and a new run in a folder that holds
+    runs: `dnc analyze`, `dnc plot` and `dnc report` on the outer folder would take the runs for seeds of one sweep."""
+    folder = Path(folder).absolute()
+    outer = next((parent for parent in folder.parents if (parent / CONFIG_FILE).is_file()), None)
+    if outer is not None:
+        raise UsageError(f"{key}={folder} is inside the run {outer}: commands on {outer} would take the two for "
+                         "seeds of a sweep; put it beside that run")
+    if new_run and folder.is_dir():
+        inner = [run for run in find_named(folder, CONFIG_FILE) if run != folder]
+        if inner:
+            raise UsageError(f"{key}={folder} holds the run {inner[0]}" + (f" and {len(inner) - 1} more" if
+                             len(inner) > 1 else "") + ": train a new run into an empty or a new folder")
