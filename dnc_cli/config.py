@@ -1,11 +1,9 @@
 """The config of every command: one schema per config group, with every default, and its validation.
 
-The dataclasses below are the single place that lists every option with its default; Hydra's ConfigStore holds
-them as `train_schema`, `analyze_schema`, `plot_schema`, `report_schema` and `measure_schema`, and the YAML files
-in `conf/` merge on top of them. So the YAML holds only defaults lists, Hydra settings and the values that differ
-per option of a group (`conf/model/deep_rfm.yaml`: depth 10, width 4096), and a typo in a key or a bad enum value
-fails when Hydra composes. `validate_*` adds the range checks that types cannot express. The resolvers the YAML uses
-(`${dnc_run_dir:...}`, `${dnc_resume:}`, `${dnc_job_gpu:}`) are registered by dnc_cli/runs.py.
+The dataclasses below list every option with its default, once; Hydra's ConfigStore holds them as `<command>_schema`
+and the YAML in `conf/` merges on top (defaults lists, Hydra settings, what differs per option of a group), so a typo
+in a key or a bad enum value fails when Hydra composes; `validate_*` adds the range checks that types cannot express.
+The resolvers the YAML uses (`${dnc_run_dir:...}`, `${dnc_resume:}`, `${dnc_job_gpu:}`) are in dnc_cli/runs.py.
 """
 
 from __future__ import annotations
@@ -78,8 +76,7 @@ FIGURE_FORMATS = ("png", "pdf")
 STANDARDIZE = ("pixel", "pixel_split", "global", "none")
 # runs written before `standardize` had modes stored a bool: true was the per-pixel standardisation
 STANDARDIZE_ALIASES = {"true": "pixel", "false": "none"}
-# train keys that say where or how a run executes, not what it computes (never a swept parameter of a sweep), and
-# the key a sweep's runs are averaged over
+# train keys of where or how a run executes, never a swept parameter; and the key a sweep's runs are averaged over
 RUN_ONLY_KEYS = ("resume", "progress", "device", "deterministic")
 SEED_KEY = "seed"
 
