@@ -164,18 +164,18 @@ def test_measure_says_what_was_sketched_and_leaves_out_the_agop_stage_under_auto
     net = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, num_outputs)).double()
     x = torch.randn(20, 6, dtype=torch.float64)
     y = torch.arange(20) % 4
-    auto = run_measure(net, (x, y), num_outputs, layers=["2"], batch_size=10, progress=False)
+    auto = run_measure(net, (x, y), 4, layers=["2"], batch_size=10, progress=False)
     assert _methods(auto) == {"2": SKETCH}
     rows = {(r.stage, r.metric): r.value for r in auto.table.itertuples()}
     assert rows[("", "agop_sketch_probes")] == 128
     assert "agop" not in set(auto.table.stage) and ("", "nfa_corr_0.5") in rows  # NFA served, agop stage not
-    asked = run_measure(net, (x, y), num_outputs, layers=["2"], batch_size=10, progress=False, agop_probes=16)
+    asked = run_measure(net, (x, y), 4, layers=["2"], batch_size=10, progress=False, agop_probes=16)
     assert "agop" in set(asked.table.stage)
     assert {(r.stage, r.metric): r.value for r in asked.table.itertuples()}[("", "agop_sketch_probes")] == 16
-    exact = run_measure(net, (x, y), num_outputs, layers=["2"], batch_size=10, progress=False, agop_probes="exact")
+    exact = run_measure(net, (x, y), 4, layers=["2"], batch_size=10, progress=False, agop_probes="exact")
     reference = _jacobian_agop(lambda t: net[4](net[3](net[2](t))), torch.tanh(net[0](x)).detach())
     torch.testing.assert_close(exact.agops["2"], reference, rtol=1e-9, atol=1e-14 * float(reference.max()))
-    again = run_measure(net, (x, y), num_outputs, layers=["2"], batch_size=10, progress=False)
+    again = run_measure(net, (x, y), 4, layers=["2"], batch_size=10, progress=False)
     torch.testing.assert_close(again.agops["2"], auto.agops["2"], rtol=0, atol=0)  # the same seed, the same probes
 
 
