@@ -61,16 +61,21 @@ def measure_nfa(run: RunData, cfg: ReportConfig) -> Measured:
     return measured
 
 
-def judge_nfa(n: dict[str, float], cfg: ReportConfig) -> tuple[str, str]:
-    final = n[f"α={cfg.nfa_power:g}|judged"]
-    if math.isnan(final):
+def _judge_high(n: dict[str, float], cfg: ReportConfig, at: str) -> tuple[str, str]:
+    """P3 and B3: the mean over layers of corr(WᵀW, AGOP^α) at the checkpoint named `at` is >= nfa_min_corr."""
+    value = n[f"α={cfg.nfa_power:g}|{at}"]
+    if math.isnan(value):
         return NA, f"corr(WᵀW, AGOP^{cfg.nfa_power:g}) is not finite"
-    verdict, reason = decide([Criterion(f"mean over layers of corr(WᵀW, AGOP^{cfg.nfa_power:g})", final,
-                                        "nfa_min_corr", cfg.nfa_min_corr)],
-                             f"at epoch {fmt(n['judged_epoch'])}")
+    return decide([Criterion(f"mean over layers of corr(WᵀW, AGOP^{cfg.nfa_power:g})", value, "nfa_min_corr",
+                             cfg.nfa_min_corr)], f"at epoch {fmt(n[f'{at}_epoch'])}")
+
+
+def judge_nfa(n: dict[str, float], cfg: ReportConfig) -> tuple[str, str]:
+    verdict, reason = _judge_high(n, cfg, "judged")
     rise = n["rise"]
-    return verdict, reason + ("" if math.isnan(rise) else
-                              f"; it moved {rise:+.3f} from epoch {fmt(n['first_epoch'])} (reported, not judged)")
+    if verdict == NA or math.isnan(rise):
+        return verdict, reason
+    return verdict, reason + f"; it moved {rise:+.3f} from epoch {fmt(n['first_epoch'])} (reported, not judged)"
 
 
 def measure_nfa_long(run: RunData, cfg: ReportConfig) -> Measured:
@@ -89,10 +94,7 @@ def measure_nfa_long(run: RunData, cfg: ReportConfig) -> Measured:
 
 
 def judge_nfa_long(n: dict[str, float], cfg: ReportConfig) -> tuple[str, str]:
-    end = n[f"α={cfg.nfa_power:g}|end"]
-    if math.isnan(end):
-        return NA, f"corr(WᵀW, AGOP^{cfg.nfa_power:g}) is not finite"
-    verdict, reason = decide([Criterion(f"mean over layers of corr(WᵀW, AGOP^{cfg.nfa_power:g})", end,
-                                        "nfa_min_corr", cfg.nfa_min_corr)],
-                             f"at epoch {fmt(n['end_epoch'])}")
+    verdict, reason = _judge_high(n, cfg, "end")
+    if verdict == NA:
+        return verdict, reason
     return verdict, reason + f"; {n['change']:+.3f} since epoch {fmt(n['horizon_epoch'])} (reported, not judged)"
