@@ -368,3 +368,22 @@ def test_a_run_inside_another_run_is_refused(run, tmp_path):
     refused(tmp_path, "train", f"hydra.run.dir={run / 'inner'}", *TINY, words=["inside the run", str(run)])
     refused(tmp_path, "train", f"hydra.run.dir={tmp_path}", *TINY, words=["holds the run", str(run)])
     assert not (run / "inner").exists()
+
+
+def test_deep_rfm_undefined_values_are_warned(tmp_path, capsys):
+    """A Deep RFM whose first AGOP projection is zero has constant M^½X features: rows, and one warning."""
+    import torch
+
+    run = tmp_path / "rfm"
+    assert call("train", "model=deep_rfm", "dataset=synthetic", "dataset.n_available=200", "model.depth=2",
+                "model.width=32", f"hydra.run.dir={run}", "progress=false")[0] == 0
+    checkpoint = run / "checkpoints" / "epoch_000000.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    state["rfm_layers"][0]["sqrt_agop"].zero_()
+    torch.save(state, checkpoint)
+    capsys.readouterr()
+    code, stderr = call("analyze", f"run_dir={run}", "progress=false", "force=true")
+    assert code == 0, stderr
+    logged = capsys.readouterr()
+    warnings = [line for line in (logged.out + logged.err).splitlines() if "undefined values" in line]
+    assert len(warnings) == 1 and "do not vary" in warnings[0], logged

@@ -43,6 +43,7 @@ from dnc_cli.tables import (
     check_settings,
     markdown_frame,
     save_table,
+    undefined_values,
 )
 
 log = logging.getLogger("dnc.analyze")
@@ -83,6 +84,9 @@ def analyze_run(run_dir: Path, cfg: TrainConfig, acfg: AnalyzeConfig, device: to
     if not is_writer():
         return []
     df = save_table(out_dir / METRICS_FILE, [dict(zip(COLUMNS, row)) for row in rows])
+    undefined = undefined_values(df)
+    if undefined:  # a NaN is never silent (issue #21), for a Deep RFM as for a network
+        log.warning("%s: undefined values: %s", out_dir / METRICS_FILE, undefined)
     write_json(out_dir / SETTINGS_FILE, settings)
     if gram:
         with atomic_path(out_dir / gram_file_name(0, "train")) as tmp, open(tmp, "wb") as f:
