@@ -43,6 +43,7 @@ def part_resnet(size: dict) -> dict:
     import torch
     import torchvision
 
+    from dnc_cli.config import FAMILIES
     from dnc_cli.measure import run_measure
 
     torch.manual_seed(0)
@@ -53,7 +54,7 @@ def part_resnet(size: dict) -> dict:
     times = {"nc": [], "all": []}
     methods = {}
     for _ in range(2):
-        for name, families in (("nc", ["nc"]), ("all", ["nc", "svd", "nfa"])):
+        for name, families in (("nc", ["nc"]), ("all", list(FAMILIES))):
             start = now()
             measured = run_measure(model, (x, y), 1000, layers=["layer4", "fc"], families=families, batch_size=250,
                                    progress=False)
