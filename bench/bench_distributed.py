@@ -151,7 +151,9 @@ def paper_resnet_counts() -> dict:
     torch.manual_seed(0)
     model = build_model(ModelConfig(name=ModelName.resnet18_mlp, depth=5, width=512, init_gain=0.25,
                                     first_layer_default_init=True, small_input_stem=False), (3, 32, 32), 10).eval()
-    acfg = AnalyzeConfig(batch_size=1000, progress=False)
+    # batches of 20: the AGOP sums' shift is the first batch's forward, so it stays 20 images at every size (one
+    # batch per checkpoint, not a cost per image)
+    acfg = AnalyzeConfig(batch_size=20, progress=False)
 
     def data(n_train: int, n_test: int):
         g = torch.Generator().manual_seed(n_train * 100 + n_test)

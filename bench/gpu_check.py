@@ -7,8 +7,9 @@ Steps, each timed; a step that fails is reported and the others still run:
 3. `dnc analyze` of that run's epoch-1 checkpoint on the GPU;
 4. `dnc measure`'s cost at 1,000 classes: torchvision resnet18(num_classes=1000), random weights, random 32x32
    images, layers=[layer4, fc], families=[nc] against every family (`measure()` in this process);
-5. the AGOPs' float64 cost: `LayerAGOPs` of the paper's 5 x 512 MLP on 8,000 MNIST-shaped samples with
-   dtype=float32 against float64 (consumer GPUs run float64 at 1/32-1/64 of float32; BENCHMARKS.md section 5).
+5. the AGOPs' float64 cost: `LayerAGOPs` of the paper's 5 x 512 MLP on 8,000 MNIST-shaped samples in float32,
+   in dnc's default (float32 gradients, float64 Gram) and in float64 (consumer GPUs run float64 at 1/32-1/64 of
+   float32; BENCHMARKS.md section 6).
 
 It prints a markdown block for BENCHMARKS.md (section "GPU check") and writes it to --out, or to $DNC_GPU_CHECK_OUT, or
 to $OUT/gpu_check.md when OUT is set. Exit status: 0 when every step passed, 1 when one failed; without a CUDA
@@ -125,8 +126,9 @@ def measure_families(device, size: dict) -> tuple[bool, str]:
                   f"{every:.1f} s ({every_rows} rows): {every / nc_only:.1f}x")
 
 
-def agop_seconds(device, size: dict, dtype) -> float:
-    """Seconds of LayerAGOPs (update over every batch, then compute) of the paper's MLP in `dtype`."""
+def agop_seconds(device, size: dict, model_dtype, gram_dtype) -> float:
+    """Seconds of LayerAGOPs (update over every batch, then compute) of the paper's MLP: forward and backward in
+    `model_dtype`, the Gram's products in `gram_dtype`."""
     import torch
 
     from dnc_cli.config import ModelConfig
@@ -134,12 +136,13 @@ def agop_seconds(device, size: dict, dtype) -> float:
     from dnc_cli.models.networks import build_model
 
     torch.manual_seed(0)
-    model = build_model(ModelConfig(depth=size["depth"], width=size["width"]), (1, 28, 28), 10).to(device).eval()
-    x = torch.randn(size["agop_samples"], 1, 28, 28, device=device)
+    model = build_model(ModelConfig(depth=size["depth"], width=size["width"]), (1, 28, 28), 10)
+    model = model.to(device, model_dtype).eval()
+    x = torch.randn(size["agop_samples"], 1, 28, 28, device=device, dtype=model_dtype)
     synchronize(device)
     start = time.perf_counter()
     with torch.no_grad():
-        agops = LayerAGOPs(model, dtype=dtype)
+        agops = LayerAGOPs(model, dtype=gram_dtype)
         for first in range(0, len(x), size["agop_batch"]):
             agops.update(model.embed(x[first:first + size["agop_batch"]]))
         agops.compute()
@@ -150,10 +153,13 @@ def agop_seconds(device, size: dict, dtype) -> float:
 def agop_precision(device, size: dict) -> tuple[bool, str]:
     import torch
 
-    agop_seconds(device, dict(size, agop_samples=size["agop_batch"]), torch.float32)  # warm-up
-    single = min(agop_seconds(device, size, torch.float32) for _ in range(2))
-    double = min(agop_seconds(device, size, torch.float64) for _ in range(2))
-    return True, f"float32 {single:.3f} s, float64 {double:.3f} s: float64 costs {double / single:.1f}x"
+    f32, f64 = torch.float32, torch.float64
+    agop_seconds(device, dict(size, agop_samples=size["agop_batch"]), f32, f32)  # warm-up
+    ways = {"float32": (f32, f32), "dnc's default (float32 gradients, float64 Gram)": (f32, f64),
+            "float64": (f64, f64)}
+    seconds = {way: min(agop_seconds(device, size, *dtypes) for _ in range(2)) for way, dtypes in ways.items()}
+    floor = seconds["float32"]
+    return True, "; ".join(f"{way} {value:.3f} s ({value / floor:.1f}x)" for way, value in seconds.items())
 
 
 # ---------------------------------------------------------------------------------------------------- the report
@@ -218,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                                     lambda run_dir=run_dir: analyze_checkpoint(run_dir, device.type)))
     steps.append(timed_step(f"`measure()` resnet18, K={size['classes']}, layers=[layer4, fc]",
                             lambda: measure_families(device, size)))
-    steps.append(timed_step(f"LayerAGOPs float32 vs float64, MLP {size['depth']} x {size['width']}",
+    steps.append(timed_step(f"LayerAGOPs float32, default and float64, MLP {size['depth']} x {size['width']}",
                             lambda: agop_precision(device, size)))
     text = report(steps, device, size, mode)
     print(text)

@@ -191,9 +191,10 @@ def test_precision_float64_and_settings_guard(tmp_path, tiny_run):
 
 
 def test_agop_stage_is_right_in_float32(tmp_path):
-    """Regression (issue #14): float32 gradients round an AGOP's small eigenvalues away, and the `agop` stage's nc1
-    (the Σ_B^† form) weighs exactly those directions. At epoch 3 of the default digits MLP, layer 2, an AGOP from
-    float32 Jacobians gives nc1 ≈ 1.75 where float64 gives ≈ 8.6. The default float32 analysis must give float64's."""
+    """Regression (issue #14): float32 products of the gradients round an AGOP's small eigenvalues away, and the
+    `agop` stage's nc1 (the Σ_B^† form) weighs exactly those directions. At epoch 3 of the default digits MLP,
+    layer 2, an AGOP summed in float32 from float32 Jacobians gives nc1 ≈ 1.75 where float64 gives ≈ 8.6. The
+    default float32 analysis (float32 gradients, float64 products and sums) must give float64's."""
     from torch.func import jacrev, vmap
 
     from dnc_cli.metrics.agop import psd_power
@@ -212,7 +213,7 @@ def test_agop_stage_is_right_in_float32(tmp_path):
     for key, value in agop_nc1.items():
         assert in_float32[key] == pytest.approx(value, rel=1e-3), key  # float32 features: 3e-4 at layer 5
 
-    # the case is one that float32 gradients get wrong: layer 2's AGOP from float32 per-sample Jacobians
+    # the case is one that float32 products get wrong: layer 2's AGOP summed in float32 from per-sample Jacobians
     model = model.float()
     with torch.no_grad():
         h1 = model.trace(model.embed(data.train.x)).inputs[1]  # the input of layer 2

@@ -63,4 +63,4 @@ def test_the_cpu_dry_run_passes_every_step(tmp_path, capsys):
     assert text in capsys.readouterr().out
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| step")]
     assert len(rows) == 5 and all("| yes |" in row for row in rows), text
-    assert "skipped" in rows[0] and "every family (nc, svd, nfa, geometry)" in text and "float64 costs" in text
+    assert "skipped" in rows[0] and "every family (nc, svd, nfa, geometry)" in text and "float64 Gram)" in text

@@ -3,6 +3,8 @@ formula, the blocked Gram, PSD powers and the NFA correlation against numpy."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -39,6 +41,29 @@ def test_agop_two_layer_network_hand_formula():
     agops = LayerAGOPs(model)
     agops.update(x)
     torch.testing.assert_close(agops.compute()[0], expected / 40, rtol=1e-12, atol=1e-14)
+
+
+def test_float32_model_gets_float64_products_of_its_own_gradients():
+    """A float32 network runs its forward and backward in float32 (no float64 copy of the head, issue #22 item 7),
+    and its gradients' products and sums are float64: the pre-activation Grams equal float64 sums of the float32
+    gradients to float64 rounding (float32 products: ~1e-7), and the AGOPs the float64 network's to the float32
+    gradients' own rounding (~1e-7)."""
+    torch.manual_seed(3)
+    model = build_model(ModelConfig(depth=3, width=140, init_gain=1.0, bias=True), (1, 1, 10), 5).eval()
+    x = torch.randn(96, 10)
+    agops = LayerAGOPs(model)
+    for i in range(0, len(x), 50):
+        agops.update(x[i:i + 50])
+    with torch.no_grad():  # the float32 gradients themselves, summed naively in float64
+        gradients = {l: g.double().reshape(-1, g.shape[-1]) for l, _, g in agops._preact_grads(model.trace(x))}
+    for l, gram in enumerate(agops.preactivation_grams(), start=1):
+        reference = gradients[l].T @ gradients[l] / len(x)
+        assert (gram - reference).norm() / reference.norm() < 1e-12, l
+    in_float64 = LayerAGOPs(copy.deepcopy(model).double())
+    in_float64.update(x.double())
+    for ours, reference in zip(agops.compute(), in_float64.compute(), strict=True):
+        assert ours.dtype == torch.float64
+        assert (ours - reference).norm() / reference.norm() < 1e-5
 
 
 def test_add_gram_upper_blocks_give_the_full_gram():

@@ -15,8 +15,9 @@ For a layer with input h and the model's outputs f_1..f_K:
   also averages over the samples.
   What the estimate serves, and at what error: README, "Measure your own model"; BENCHMARKS.md section 8.
 
-The rows (J_iᵀ g or the gradient w.r.t. the layer's output) are accumulated in a Gram, products in the model's
-dtype, sums in float64:
+The rows (J_iᵀ g or the gradient w.r.t. the layer's output, in the model's dtype) are accumulated in a Gram,
+products and sums in float64 (float32 products round an AGOP's small eigenvalues away: mlp.py, BENCHMARKS.md
+section 6):
 * nn.Linear, W (m_out x m_in): the gradient w.r.t. the input is Wᵀ g̃, g̃ the gradient w.r.t. the output W h + b,
   so AGOP = Wᵀ P W with P = (1/N) Σ g̃ g̃ᵀ. The Gram is taken on the narrower side: w.r.t. the input when
   m_in <= m_out, else w.r.t. the output and sandwiched (as `dnc analyze` does, PAPER.md). An input with more dims,
@@ -90,8 +91,8 @@ class LayerAGOP:
         return grad.reshape(-1, grad.shape[-1])  # (B, ..., m) -> (B·positions, m)
 
     def add(self, grad: torch.Tensor) -> None:
-        rows = self.rows(grad)
-        self.gram += (rows.T @ rows).to(torch.float64)
+        rows = self.rows(grad).to(torch.float64)
+        self.gram += rows.T @ rows
 
     def add_samples(self, count: int) -> None:
         self.num_samples += count

@@ -8,8 +8,6 @@ networks of `dnc train`), for `dnc analyze` (PAPER.md, "AGOP and the NFA"):
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import Tensor
 
@@ -48,12 +46,16 @@ class LayerAGOPs:
       c), so Σ_i Σ_c g̃ g̃ᵀ = (AᵀA) ⊙ (SᵀS): N m² work instead of N K m²;
     * the other layers' g̃ come from one hand-written backward of all K outputs at once, (K, B, m) per layer,
       and their P_l sums from `add_gram` (upper blocks only).
-    Everything in `dtype`, float64 by default whatever the model's dtype: the head runs on a float64 copy. An
-    AGOP's small eigenvalues are rounding noise when its gradients are float32, and AGOP^½ and the Σ_B^† of the
-    `agop` stage weigh exactly those directions (measured on MNIST, width 128, epoch 10, test split, layer 3:
-    agop-stage nc1 67 from float32 gradients, 219 from float64; BENCHMARKS.md section 5 has the cost, measured
-    against dtype=float32). Checked against per-sample autograd Jacobians in the tests and against vmap(jacrev) in
-    `make bench`.
+    Precision: the forward and the backward run in the model's own dtype (no copy); the gradients are cast to
+    `dtype` (float64 by default) before their products, and every sum is float64. A float32 product rounds each
+    Gram entry by ε₃₂ times the rows' magnitude, which can drown an AGOP's small eigenvalues, and AGOP^½ and the
+    Σ_B^† of the `agop` stage weigh exactly those directions (issue #14: on MNIST, width 128, epoch 10, test split,
+    agop-stage nc1 67 from unshifted float32 products, 219 in float64). Float32 gradients only move an eigenvalue
+    λ by about 2ε₃₂√(λ·λ_max). Measured on two ill-conditioned checkpoints (BENCHMARKS.md section 6): every row an
+    AGOP enters within 3.4e-4 of the float64 analysis (the float32 features' rounding: a float64 copy of the head
+    gives the same), at 1.2× the time of float32 products instead of 1.6× for a float64 copy of the head. (The shifted sums below made float32 products as accurate on those two cases; they
+    shrink the rows only where the gradients vary little over the samples, so the default keeps float64 products.)
+    Checked against per-sample autograd Jacobians in the tests and against vmap(jacrev) in `make bench`.
 
     The hidden layers' sums are of g̃ - s (shifted sums), s = the mean g̃ of a fixed batch, `shift_inputs`: the
     Gram of the Jacobians centred over the samples (`preactivation_grams(centred=True)`) is then a small
@@ -66,10 +68,8 @@ class LayerAGOPs:
     def __init__(self, model, dtype: torch.dtype = torch.float64, shift_inputs: Tensor | None = None):
         if not isinstance(model.act, torch.nn.ReLU):  # the masks below are ReLU's derivative
             raise TypeError(f"LayerAGOPs needs ReLU layers, got {type(model.act).__name__}")
-        self.dtype = dtype
-        # in another dtype, a copy of the head only: the AGOPs are of the head's layers, the backbone is not copied
-        self.model = model if model.classifier.weight.dtype == dtype else copy.deepcopy(
-            model, memo={id(model.backbone): None}).to(dtype)
+        self.dtype = dtype  # of the Gram's products; the forward and backward run in the model's own dtype
+        self.model = model
         device = model.classifier.weight.device
         # per hidden layer Σ (g̃ - s)(g̃ - s)ᵀ over samples and outputs (upper blocks); for the last layer SᵀS, the
         # ReLU masks' Gram (exact integers in float64: its g̃ g̃ᵀ sum is (AᵀA) ⊙ SᵀS)
@@ -101,15 +101,14 @@ class LayerAGOPs:
     def _mean_gradients(self, h0: Tensor) -> list[Tensor]:
         """Per hidden layer the batch's mean pre-activation gradient per output, (K, m_l) float64: the shift."""
         with torch.no_grad():
-            means = {l: g.double().mean(1) for l, _, g in self._preact_grads(self.model.trace(h0.to(self.dtype)))}
+            means = {l: g.double().mean(1) for l, _, g in self._preact_grads(self.model.trace(h0))}
         return [means[l] for l in range(1, len(self.model.layers))]
 
     def update(self, h0: Tensor):
-        """Adds this batch (h0: (B, m_0)) to every layer's sum; returns the batch's trace (in `dtype`) for reuse."""
+        """Adds this batch (h0: (B, m_0)) to every layer's sum; returns the batch's trace for reuse."""
         if self.shifts is None:
             self.shifts = self._mean_gradients(h0)
         with torch.no_grad():
-            h0 = h0.to(self.dtype)
             trace = self.model.trace(h0)
             for l, active, preact_grad in self._preact_grads(trace):
                 if l == len(self.model.layers):  # closed form from the masks' Gram and sum: exact integers
@@ -117,7 +116,9 @@ class LayerAGOPs:
                     self.preact_sums[l - 1] += mask.T @ mask
                     self.preact_grad_sums[l - 1] += mask.sum(0)
                 else:
-                    shifted = preact_grad - self.shifts[l - 1].to(preact_grad.dtype).unsqueeze(1)
+                    # cast before the shift: the shifted rows, their products and sums are float64, so only
+                    # the gradients' own rounding (float32 in a float32 model) remains
+                    shifted = preact_grad.to(self.dtype) - self.shifts[l - 1].to(self.dtype).unsqueeze(1)
                     add_gram(self.preact_sums[l - 1], shifted.reshape(-1, shifted.shape[-1]))
                     self.preact_grad_sums[l - 1] += shifted.double().sum(1)
         self.num_samples += h0.shape[0]
