@@ -6,7 +6,7 @@ are slices of a seeded permutation, so there is no per-sample `__getitem__` anyw
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -29,6 +29,20 @@ TORCHVISION_KEYS = (*COMMON_KEYS, "root", "download")  # mnist, fashion_mnist, c
 def keys_read(name: DatasetName) -> tuple[str, ...]:
     """The DatasetConfig keys that loading the dataset `name` reads."""
     return KEYS_READ.get(name, TORCHVISION_KEYS)
+
+
+def refuse_unread_keys(d: DatasetConfig) -> None:
+    """One schema per dataset kind, as the user sees it: a key that the kind does not read, set away from the
+    schema's default, is refused instead of ignored (`dnc train dataset=mnist dataset.dim=64`). `rff_gamma` is
+    exempt: the dataset group's YAML sets it for the Deep RFM preset. The schema keeps the union, so the configs
+    that earlier runs saved, which hold every key at its default, still load."""
+    read, default = keys_read(d.name), DatasetConfig()
+    for key in fields(DatasetConfig):
+        value = getattr(d, key.name)
+        if key.name not in (*read, "rff_gamma") and value != getattr(default, key.name):
+            shown = str(value).lower() if isinstance(value, bool) else value
+            raise UsageError(f"dataset.{key.name}={shown} is not read by dataset={d.name.value}; "
+                             f"its keys: {', '.join(read)}")
 
 
 @dataclass

@@ -244,3 +244,39 @@ def test_hydra_run_dir_is_refused_naming_out_dir(capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "hydra.run.dir=" in err and "out_dir=<dir>" in err
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("command, overrides, message", [
+    ("train", ["dataset=mnist", "dataset.dim=64"],
+     "dataset.dim=64 is not read by dataset=mnist; its keys: name, n_train, n_test, balanced, standardize, labels, "
+     "root, download"),
+    ("train", ["dataset.root=/data"], "dataset.root=/data is not read by dataset=digits; its keys: name, n_train, "
+     "n_test, balanced, standardize, labels"),
+    ("measure", ["model=resnet18", "dataset.download=true"], "dataset.download=true is not read by dataset=digits; "
+     "its keys: name, n_train, n_test, balanced, standardize, labels"),
+    ("measure", ["model=resnet18", "dataset=cifar10", "dataset.separation=2"], "dataset.separation=2.0 is not read "
+     "by dataset=cifar10; its keys: name, n_train, n_test, balanced, standardize, labels, root, download"),
+])
+def test_a_dataset_key_its_kind_does_not_read_is_refused(capsys, tmp_path, command, overrides, message):
+    """One schema per dataset kind, as the user sees it: a key the kind would ignore is refused in one line naming
+    it and the kind's keys, before anything is written."""
+    from dnc_cli import cli
+
+    out = tmp_path / "out"
+    where = f"hydra.run.dir={out}" if command == "train" else f"out_dir={out}"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, *overrides, where, "progress=false"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == f"dnc {command}: error: {message}"
+    assert not out.exists()
+
+
+def test_a_dataset_key_its_kind_reads_is_accepted():
+    from dnc_cli.config import DatasetConfig, DatasetName
+    from dnc_cli.data import refuse_unread_keys
+
+    refuse_unread_keys(DatasetConfig(name=DatasetName.synthetic, dim=8, separation=2.0, n_available=50))
+    refuse_unread_keys(DatasetConfig(name=DatasetName.mnist, root="/data", download=True))
+    refuse_unread_keys(DatasetConfig(name=DatasetName.cifar10, rff_gamma=0.1))  # conf/dataset/cifar10.yaml sets it
+    with pytest.raises(UsageError, match="dataset.num_classes=3 is not read by dataset=cifar10"):
+        refuse_unread_keys(DatasetConfig(name=DatasetName.cifar10, num_classes=3))

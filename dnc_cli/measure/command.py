@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig
 
 from dnc_cli.config import FAMILIES, SPLITS, DatasetName, MeasureConfig, to_object, to_plain, validate_dataset
-from dnc_cli.data import keys_read, load_dataset
+from dnc_cli.data import keys_read, load_dataset, refuse_unread_keys
 from dnc_cli.devices import resolve_device, validate_device
 from dnc_cli.distributed import GroupBroken, is_writer, launched_as_ranks, process_group, require_agreement, shard
 from dnc_cli.errors import UsageError, fail
@@ -60,7 +60,7 @@ def check(cfg: DictConfig) -> MeasureConfig:
     if not mcfg.families:
         raise UsageError(f"families=[] is empty; valid: {', '.join(FAMILIES)}")
     if has_model:  # the dataset's splits (an embeddings file may name its splits as it likes)
-        validate_dataset(mcfg.dataset)
+        refuse_unread_keys(validate_dataset(mcfg.dataset))
         for split in mcfg.splits:
             if split not in SPLITS:
                 raise UsageError(f"splits contains '{split}'; valid: {', '.join(SPLITS)}")

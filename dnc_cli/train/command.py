@@ -19,6 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from dnc_cli.config import TrainConfig, to_object, to_plain, validate_train
+from dnc_cli.data import refuse_unread_keys
 from dnc_cli.errors import UsageError, fail
 from dnc_cli.runs import (
     CHECKPOINTS_DIR,
@@ -45,6 +46,7 @@ def check(cfg: DictConfig) -> TrainConfig:
     """Every refusal of `dnc train`, run by the dispatcher before Hydra writes anything (a refused command leaves
     the run folder as it was), and again in the job."""
     train_cfg = validate_train(to_object(cfg, TrainConfig))
+    refuse_unread_keys(train_cfg.dataset)
     trainer(train_cfg).check(train_cfg)
     if train_cfg.resume is not None:
         if not (Path(train_cfg.resume) / CHECKPOINTS_DIR / LAST_CHECKPOINT).exists():

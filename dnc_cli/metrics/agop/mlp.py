@@ -53,8 +53,9 @@ class LayerAGOPs:
     agop-stage nc1 67 from unshifted float32 products, 219 in float64). Float32 gradients only move an eigenvalue
     λ by about 2ε₃₂√(λ·λ_max). Measured on two ill-conditioned checkpoints (BENCHMARKS.md section 6): every row an
     AGOP enters within 3.4e-4 of the float64 analysis (the float32 features' rounding: a float64 copy of the head
-    gives the same), at 1.2× the time of float32 products instead of 1.6× for a float64 copy of the head. (The shifted sums below made float32 products as accurate on those two cases; they
-    shrink the rows only where the gradients vary little over the samples, so the default keeps float64 products.)
+    gives the same), at 1.2× the time of float32 products instead of 1.6× for a float64 copy of the head. (The
+    shifted sums below made float32 products as accurate on those two cases; they shrink the rows only where the
+    gradients vary little over the samples, so the default keeps float64 products.)
     Checked against per-sample autograd Jacobians in the tests and against vmap(jacrev) in `make bench`.
 
     The hidden layers' sums are of g̃ - s (shifted sums), s = the mean g̃ of a fixed batch, `shift_inputs`: the
