@@ -3,14 +3,17 @@
 Model and data: torchvision resnet18 (random weights, eval, float32, K = 10) on N = 2,000 synthetic 3 x 32 x 32
 images (a Gaussian mixture: a fixed random image per class plus unit noise), batches of 250, train split only.
 Layers: the four residual stages layer1..layer4, *flattened* (m = 4,096, 2,048, 1,024, 512 with torchvision's
-stride-2 stem and max-pool on 32 x 32 inputs), and the head `fc` (Linear 512 -> 10): all families, i.e. NC1-NC4,
-NCC and CDNV of the five outputs, the SVD stages (input/right/left/agop) and NFA of fc.
+stride-2 stem and max-pool on 32 x 32 inputs), and the head `fc` (Linear 512 -> 10): NC1-NC4, NCC and CDNV of the
+five outputs, the SVD stages (input/right/left/agop) and NFA of fc (and, on the measure_all side, the geometry
+family).
 
 Sides:
 * forward:           one plain forward pass over the data (no_grad): the floor of the NC-only families;
 * forward+K backward: one forward pass with autograd and K = 10 backward passes to fc's input, the gradients'
                      Grams summed in float64: the floor of NFA;
-* measure:           `dnc_cli.measure(...)` with all families (two sweeps, the AGOP in sweep 1);
+* measure:           `dnc_cli.measure(...)` with the families the naive side computes, nc + svd + nfa (two sweeps,
+                     the AGOP in sweep 1);
+* measure_all:       the same with every family: geometry adds the effective ranks' m x m scatters and eigvalsh;
 * naive:             forward hooks collect every representation of the whole split in memory, then per
                      representation the full m x m Σ_W and Σ_B (float64), pinv(Σ_B) (hermitian, i.e. eigh) and
                      tr(Σ_W Σ_B^†), NC2, NCC / NC4 from cdist; fc's AGOP from per-sample vmap(jacrev) Jacobians;
@@ -117,16 +120,25 @@ def backward_run(model, x, y, sizes):
     return run
 
 
-def measure_run(model, x, y, sizes):
-    from dnc_cli.measure import run_measure
+def measure_run(families):
+    """`families`: None for every family."""
+    def make(model, x, y, sizes):
+        from dnc_cli.config import FAMILIES
+        from dnc_cli.measure import run_measure
 
-    def run():
-        return run_measure(model, (x, y), CLASSES, layers=LAYERS, batch_size=sizes["batch"], progress=False)
+        def run():
+            return run_measure(model, (x, y), CLASSES, layers=LAYERS, families=families or FAMILIES,
+                               batch_size=sizes["batch"], progress=False)
 
-    return run
+        return run
+
+    return make
 
 
-RUNS = {"forward": forward_run, "backward": backward_run, "measure": measure_run}
+# measure: the naive side's metric set (nc, svd, nfa); measure_all: every family, the effective ranks' m x m
+# eigvalsh included (metrics/geometry.py)
+RUNS = {"forward": forward_run, "backward": backward_run, "measure": measure_run(["nc", "svd", "nfa"]),
+        "measure_all": measure_run(None)}
 
 
 def side_timing(sizes):
@@ -302,7 +314,7 @@ def main() -> int:
     sizes = QUICK if args.quick else FULL
     print(f"machine: {machine()}")
     print(f"ResNet-18 (torchvision, random weights), N = {sizes['n']} images 3x32x32, K = {CLASSES}, layers "
-          f"{', '.join(LAYERS)} (stages flattened), all families; batches of {sizes['batch']}")
+          f"{', '.join(LAYERS)} (stages flattened); batches of {sizes['batch']}")
     results = {}
     for side in args.only or list(SIDES):
         results[side] = run_side(side, args.quick)
@@ -319,7 +331,8 @@ def main() -> int:
     if "timing" in results:
         best = {name: min(times) for name, times in results["timing"]["times"].items()}
         print(f"measure / forward: {best['measure'] / best['forward']:.2f}x   measure / (forward + K backward): "
-              f"{best['measure'] / best['backward']:.2f}x   (interleaved minima)")
+              f"{best['measure'] / best['backward']:.2f}x   every family (geometry too) / measure: "
+              f"{best['measure_all'] / best['measure']:.2f}x   (interleaved minima)")
         rss = {side: results[side]["peak_rss_gb"] for side in ("forward", "backward", "measure", "naive")
                if side in results}
         above = {side: results[side]["peak_rss_gb"] - results[side]["rss_before_gb"] for side in rss}

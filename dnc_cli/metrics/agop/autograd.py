@@ -50,6 +50,11 @@ from dnc_cli.metrics.agop.mlp import sandwich
 CLOSED_FORM, AUTOGRAD, SKETCH = "closed_form", "autograd", "sketch"
 
 
+# rows cast to float64 per Gram GEMM: ~2 MB, cache-resident. A conv map's (B·positions) x C_out rows cast at once
+# cost 0.087 s per VJP against 0.027 s in chunks (500 x 62 x 62 x 16 rows; float32 products: 0.013 s)
+GRAM_CHUNK_ELEMENTS = 1 << 18
+
+
 class LayerAGOP:
     """Streaming AGOP of one layer: `target(...)` says which tensor to differentiate, `add(grad)` per VJP and
     batch, `add_samples(B)` per batch, `compute()` at the end. `method` says how it is computed; `set_closed_form`
@@ -91,8 +96,11 @@ class LayerAGOP:
         return grad.reshape(-1, grad.shape[-1])  # (B, ..., m) -> (B·positions, m)
 
     def add(self, grad: torch.Tensor) -> None:
-        rows = self.rows(grad).to(torch.float64)
-        self.gram += rows.T @ rows
+        rows = self.rows(grad)
+        step = max(1, GRAM_CHUNK_ELEMENTS // max(rows.shape[1], 1))
+        for start in range(0, rows.shape[0], step):
+            chunk = rows[start:start + step].to(torch.float64)
+            self.gram.addmm_(chunk.T, chunk)
 
     def add_samples(self, count: int) -> None:
         self.num_samples += count
