@@ -184,3 +184,16 @@ def test_bad_agop_probes_is_a_usage_error(value):
     x, y = _data()
     with pytest.raises(UsageError, match="agop_probes="):
         run_measure(nn.Linear(6, 4).double(), (x, y), 4, progress=False, agop_probes=value)
+
+
+def test_gram_rows_cast_in_chunks_sum_to_the_whole_gram(monkeypatch):
+    """A conv map's Gram rows (B·positions x C_out) are cast to float64 in cache-sized chunks: the chunks' products,
+    summed, are the float64 Gram of the float32 rows, whatever the chunk boundaries."""
+    torch.manual_seed(5)
+    grad = torch.randn(3, 4, 7, 7)  # (B, C_out, H', W'): 147 rows of 4
+    rows = grad.permute(0, 2, 3, 1).reshape(-1, 4).double()
+    for chunk_elements in (4, 40, 1 << 18):  # 1 row per chunk, 10 rows (a partial last chunk), all at once
+        monkeypatch.setattr(autograd, "GRAM_CHUNK_ELEMENTS", chunk_elements)
+        agop = autograd.LayerAGOP(nn.Conv2d(2, 4, 3))
+        agop.add(grad)
+        torch.testing.assert_close(agop.gram, rows.T @ rows, rtol=1e-13, atol=1e-12)
