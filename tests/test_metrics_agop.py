@@ -66,6 +66,22 @@ def test_float32_model_gets_float64_products_of_its_own_gradients():
         assert (ours - reference).norm() / reference.norm() < 1e-5
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_agops_match_the_cpu():
+    """The default float32 network on the GPU (float32 gradients, float64 Gram products, as on the CPU): the AGOPs
+    agree with the CPU's to the float32 gradients' rounding, and they stay float64 on the GPU."""
+    torch.manual_seed(4)
+    model = build_model(ModelConfig(depth=3, width=140, init_gain=1.0), (1, 1, 10), 5).eval()
+    x = torch.randn(96, 10)
+    on_cpu, on_gpu = LayerAGOPs(model), LayerAGOPs(copy.deepcopy(model).cuda())
+    on_cpu.update(x)
+    on_gpu.update(x.cuda())
+    for cpu, gpu in zip(on_cpu.compute(), on_gpu.compute(), strict=True):
+        assert gpu.dtype == torch.float64 and gpu.is_cuda
+        assert (gpu.cpu() - cpu).norm() / cpu.norm() < 1e-5
+
+
 def test_add_gram_upper_blocks_give_the_full_gram():
     torch.manual_seed(2)
     rows = torch.randn(300, 300, dtype=torch.float64)  # 300 = 2 blocks of 128 and a partial third
