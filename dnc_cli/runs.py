@@ -55,6 +55,9 @@ FIGURES_DIR = "figures"
 REPORT_FILE = "report.md"
 MULTIRUN_FILE = "multirun.yaml"
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
+# what `dnc train` writes in a run folder (a resumed run: refused when one of them links out of it)
+TRAINING_WRITES = (CONFIG_FILE, SUMMARY_FILE, TRAIN_LOG_FILE, RFM_LOG_FILE, LABELS_FILE, CHECKPOINTS_DIR,
+                   str(OVERRIDES_FILE.parent))
 MEASURE_COMMAND = "measure"  # summary.json's "command" in a folder `dnc measure` wrote (it is no training run)
 RUN_DEFINING_KEYS = ("seed", "dataset", "model")  # a config_resolved.yaml without them does not describe a run
 

@@ -201,6 +201,20 @@ def test_a_file_linked_out_of_the_run_is_not_written_through(run, tmp_path):
     refused(tmp_path, "report", f"run_dir={run}", words=["report.md", "symbolic link"])
 
 
+@pytest.mark.parametrize("name, is_folder", [("train_log.csv", False), ("checkpoints", True)])
+def test_a_resumed_run_is_not_written_through_a_link_out_of_it(run, tmp_path, name, is_folder):
+    """`dnc train resume=` appends to the log and writes checkpoints: a link out of the run is refused first."""
+    outside = tmp_path / "outside"
+    if is_folder:
+        shutil.copytree(run / name, outside)
+        shutil.rmtree(run / name)
+    else:
+        shutil.copy(run / name, outside)
+        (run / name).unlink()
+    (run / name).symlink_to(outside, target_is_directory=is_folder)
+    refused(tmp_path, "train", f"resume={run}", "epochs=6", words=[name, "symbolic link", "outside"])
+
+
 @pytest.mark.parametrize("root", ["/", str(Path.home())])
 def test_a_whole_filesystem_or_home_is_not_searched(root):
     code, stderr = call("report", f"run_dir={root}")

@@ -21,12 +21,14 @@ from omegaconf import DictConfig, OmegaConf
 from dnc_cli.config import TrainConfig, to_object, to_plain, validate_train
 from dnc_cli.data import refuse_unread_keys
 from dnc_cli.errors import UsageError, fail
+from dnc_cli.guards import require_no_link_out
 from dnc_cli.runs import (
     CHECKPOINTS_DIR,
     CONFIG_FILE,
     DEEP_RFM,
     LAST_CHECKPOINT,
     NETWORK,
+    TRAINING_WRITES,
     ensure_writable_dir,
     holds_run,
     kind_of_model,
@@ -51,6 +53,7 @@ def check(cfg: DictConfig) -> TrainConfig:
     if train_cfg.resume is not None:
         if not (Path(train_cfg.resume) / CHECKPOINTS_DIR / LAST_CHECKPOINT).exists():
             raise UsageError(f"resume={train_cfg.resume} holds no checkpoints/last.pt to resume from")
+        require_no_link_out(Path(train_cfg.resume), TRAINING_WRITES)
         check_resume_config(Path(train_cfg.resume), to_plain(train_cfg))
     if "hydra" in cfg:
         ensure_writable_dir(cfg.hydra.run.dir, "hydra.run.dir")
