@@ -215,6 +215,16 @@ def test_a_resumed_run_is_not_written_through_a_link_out_of_it(run, tmp_path, na
     refused(tmp_path, "train", f"resume={run}", "epochs=6", words=[name, "symbolic link", "outside"])
 
 
+def test_a_run_saved_with_a_key_its_dataset_ignores_still_resumes(run):
+    """An older dnc accepted `dataset.root=` with digits (ignored); such a run resumes with its own config, while a
+    new run with that key is refused (tests/test_measure_command.py)."""
+    config = run / "config_resolved.yaml"
+    config.write_text(config.read_text().replace("root: data", "root: /data"))
+    code, stderr = call("train", f"resume={run}", "progress=false", *TINY[:-3], "epochs=5", *TINY[-2:],
+                        "checkpoints.schedule=list", "checkpoints.epochs=[0,2,4]", "dataset.root=/data")
+    assert code == 0, stderr[-2000:]
+
+
 @pytest.mark.parametrize("root", ["/", str(Path.home())])
 def test_a_whole_filesystem_or_home_is_not_searched(root):
     code, stderr = call("report", f"run_dir={root}")

@@ -48,7 +48,8 @@ def check(cfg: DictConfig) -> TrainConfig:
     """Every refusal of `dnc train`, run by the dispatcher before Hydra writes anything (a refused command leaves
     the run folder as it was), and again in the job."""
     train_cfg = validate_train(to_object(cfg, TrainConfig))
-    refuse_unread_keys(train_cfg.dataset)
+    if train_cfg.resume is None:  # a resumed run must equal its saved config, which an older dnc may have accepted
+        refuse_unread_keys(train_cfg.dataset)
     trainer(train_cfg).check(train_cfg)
     if train_cfg.resume is not None:
         if not (Path(train_cfg.resume) / CHECKPOINTS_DIR / LAST_CHECKPOINT).exists():
