@@ -36,6 +36,7 @@ import bench_analyze  # noqa: E402  (the trained MLP of part 1)
 FULL = dict(n=8000, depth=5, width=512, classes=10, repeats=3)
 QUICK = dict(n=1000, depth=3, width=128, classes=10, repeats=1)
 TARGET_AGREEMENT = 1e-3
+MIXED, FLOAT32 = "dnc: mixed (float32 gradients, float64 Gram)", "float32 Gram products (before #14)"
 
 
 def agop_ways():
@@ -54,9 +55,6 @@ def agop_ways():
 
     return {MIXED: LayerAGOPs, "float64 head (#14 to #22)": Float64Head,
             FLOAT32: functools.partial(LayerAGOPs, dtype=torch.float32)}
-
-
-MIXED, FLOAT32 = "dnc: mixed (float32 gradients, float64 Gram)", "float32 Gram products (before #14)"
 
 
 def analysis_seconds(size) -> dict[str, list[float]]:
